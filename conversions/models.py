@@ -268,6 +268,9 @@ class RetriggerRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    planned = models.BooleanField(
+        default=False, help_text="The selection has been cut into chunks (background runs)."
+    )
     error = models.TextField(blank=True)
 
     class Meta:
@@ -306,6 +309,30 @@ class RetriggerChunk(models.Model):
         ordering = ["run", "seq"]
         constraints = [models.UniqueConstraint(fields=["run", "seq"], name="chunk_run_seq_unique")]
         indexes = [models.Index(fields=["run", "status"], name="chunk_run_status_idx")]
+
+
+class RunItem(models.Model):
+    """One conversion counted in a run, with its outcome.
+
+    Written in the same transaction as the run's counters, so a run taken over after a
+    crash knows exactly which conversions it has already counted.
+    """
+
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+
+    run = models.ForeignKey(RetriggerRun, on_delete=models.CASCADE, related_name="items")
+    conversion = models.ForeignKey(Conversion, on_delete=models.CASCADE, db_index=False)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "conversion"], name="run_item_unique")
+        ]
+        indexes = [models.Index(fields=["conversion", "-id"], name="run_item_last_idx")]
 
 
 class DeliveryClaim(models.Model):

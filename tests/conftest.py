@@ -15,3 +15,9 @@ def allow_loopback(settings):
     """Open 127.0.0.1 only, as the demo does; 127.0.0.2 and the rest stay blocked."""
     settings.POSTBACK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
     return settings
+
+
+@pytest.fixture(scope="session")
+def httpserver_listen_address():
+    # Receivers listen on 127.0.0.1 exactly, the one address tests open in the guard.
+    return ("127.0.0.1", 0)

@@ -1,0 +1,296 @@
+"""Turn batches of selected conversions into fired pairs, outcomes and counters.
+
+Used by every kind of run: the request-sized run, the foreground command and the
+background workers. The delivery engine pulls jobs from `_jobs()` lazily, so only a
+bounded window of conversions is in memory whatever the size of the run.
+"""
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from django.utils import timezone
+
+from conversions.delivery.engine import AttemptLog, DeliveryEngine, Job
+from conversions.delivery.transport import AttemptOutcome, prepare_postback
+from conversions.models import (
+    Conversion,
+    DeliveryAttempt,
+    DeliveryClaim,
+    RetriggerRun,
+    RunItem,
+    SkipReason,
+)
+from conversions.recording import FinishedPair, RunRecorder
+from conversions.results import ConversionResult, Outcome, PairResult, RunCounts
+from conversions.skips import PlannedConversion, PostbackDirectory, plan_batch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Batch:
+    conversion_ids: list[int]
+    chunk_id: int | None = None
+
+
+@dataclass
+class _Tracked:
+    conversion_id: int
+    chunk_id: int | None
+    pairs: list[PairResult] = field(default_factory=list)
+    pending: int = 0
+    fired: int = 0
+
+
+class RunExecutor:
+    def __init__(
+        self,
+        *,
+        run: RetriggerRun | None,
+        force: bool,
+        dry_run: bool,
+        keep_results: bool,
+        recorder: RunRecorder,
+        progress: Callable[[RunCounts], None] | None = None,
+        engine: DeliveryEngine | None = None,
+    ) -> None:
+        self.run = run
+        self.force = force
+        self.dry_run = dry_run
+        self.keep_results = keep_results
+        self.recorder = recorder
+        self.progress = progress
+        self.engine = engine
+        self.cancelled = False
+        self._directory = PostbackDirectory()
+        self._tracked: dict[int, _Tracked] = {}
+        self._chunk_left: dict[int, int] = {}
+        self._results: dict[int, ConversionResult] = {}
+        self._order: list[int] = []
+        self._active_chunks: list[int] = []
+
+    # -- public ------------------------------------------------------------------------
+
+    def execute(self, batches: Iterable[Batch]) -> list[ConversionResult] | None:
+        if self.dry_run:
+            for _ in self._jobs(batches):
+                raise AssertionError("a dry run fires nothing")
+        else:
+            engine = self.engine or DeliveryEngine()
+            engine.run(
+                self._jobs(batches),
+                on_done=self._pair_done,
+                on_tick=self._tick,
+                should_stop=lambda: self.cancelled,
+            )
+            if self.cancelled:
+                self._count_partly_fired()
+        self._tick()
+        if not self.keep_results:
+            return None
+        return [self._results[pk] for pk in self._order if pk in self._results]
+
+    # -- job generation ------------------------------------------------------------------
+
+    def _jobs(self, batches: Iterable[Batch]) -> Iterator[Job]:
+        for batch in batches:
+            if self.cancelled:
+                return
+            if batch.chunk_id is not None:
+                self._active_chunks.append(batch.chunk_id)
+            yield from self._batch_jobs(batch)
+
+    def _batch_jobs(self, batch: Batch) -> Iterator[Job]:
+        ids = batch.conversion_ids
+        if self.run is not None and not self.dry_run:
+            counted = set(
+                RunItem.objects.filter(run=self.run, conversion_id__in=ids).values_list(
+                    "conversion_id", flat=True
+                )
+            )
+            ids = [pk for pk in ids if pk not in counted]
+        by_id = Conversion.objects.select_related("affiliate", "conversion_type").in_bulk(ids)
+        conversions = [by_id[pk] for pk in ids if pk in by_id]
+        if self.keep_results:
+            self._order.extend(c.pk for c in conversions)
+        planned = plan_batch(
+            conversions,
+            directory=self._directory,
+            force=self.force,
+            run_id=self.run.pk if self.run is not None else None,
+        )
+        finished_earlier: dict[tuple[int, int], PairResult] = {}
+        if not self.dry_run:
+            self._claim(planned)
+            finished_earlier = self._finished_earlier([c.pk for c in conversions])
+
+        if batch.chunk_id is not None:
+            self._chunk_left[batch.chunk_id] = len(planned)
+            if not planned:
+                self.recorder.chunk_done(batch.chunk_id)
+        for plan in planned:
+            tracked = _Tracked(plan.conversion.pk, batch.chunk_id)
+            self._tracked[plan.conversion.pk] = tracked
+            tracked.pairs.extend(
+                PairResult(postback_id=pb, outcome=Outcome.SKIPPED, error=reason)
+                for pb, reason in plan.skipped
+            )
+            jobs = []
+            for postback in plan.fire:
+                pair = (plan.conversion.pk, postback.pk)
+                tracked.fired += 1
+                if self.dry_run:
+                    tracked.pairs.append(PairResult(postback.pk, Outcome.WOULD_FIRE))
+                elif pair in finished_earlier:
+                    tracked.pairs.append(finished_earlier[pair])
+                else:
+                    jobs.append(self._job(plan.conversion, postback))
+            # Every pair is counted as pending before the first is handed out, so the
+            # conversion cannot complete while its later pairs are still unsent.
+            tracked.pending = len(jobs)
+            if not jobs:
+                self._complete(tracked)
+            yield from jobs
+
+    def _job(self, conversion: Conversion, postback) -> Job:
+        event_id = DeliveryAttempt.event_id_for(conversion.pk, postback.pk)
+        prepared = prepare_postback(
+            postback,
+            conversion,
+            conversion_type_name=conversion.conversion_type.name,
+            event_id=event_id,
+        )
+        return Job(key=(conversion.pk, postback.pk, postback.affiliate_id), prepared=prepared)
+
+    def _claim(self, planned: list[PlannedConversion]) -> None:
+        """Claim the pairs about to fire; pairs another run claimed first are in progress."""
+        if self.run is None:
+            return
+        wanted = [(plan.conversion.pk, pb.pk) for plan in planned for pb in plan.fire]
+        if not wanted:
+            return
+        DeliveryClaim.objects.bulk_create(
+            [DeliveryClaim(conversion_id=c, postback_id=p, run=self.run) for c, p in wanted],
+            ignore_conflicts=True,
+            batch_size=500,
+        )
+        owned = set(
+            DeliveryClaim.objects.filter(
+                run=self.run, conversion_id__in={c for c, _ in wanted}
+            ).values_list("conversion_id", "postback_id")
+        )
+        for plan in planned:
+            lost = [pb for pb in plan.fire if (plan.conversion.pk, pb.pk) not in owned]
+            if lost:
+                plan.fire = [pb for pb in plan.fire if pb not in lost]
+                plan.skipped.extend((pb.pk, SkipReason.IN_PROGRESS) for pb in lost)
+
+    def _finished_earlier(self, conversion_ids: list[int]) -> dict[tuple[int, int], PairResult]:
+        """Pairs of this run whose last try is already recorded (a run taken over)."""
+        if self.run is None:
+            return {}
+        rows = DeliveryAttempt.objects.filter(
+            run=self.run, conversion_id__in=conversion_ids, final=True
+        ).values_list("conversion_id", "postback_id", "delivered", "status_code", "attempt_number", "error")
+        return {
+            (conversion_id, postback_id): PairResult(
+                postback_id,
+                Outcome.DELIVERED if delivered else Outcome.FAILED,
+                status_code,
+                attempts,
+                None if delivered else (error or "http_status"),
+            )
+            for conversion_id, postback_id, delivered, status_code, attempts, error in rows
+        }
+
+    # -- completion --------------------------------------------------------------------
+
+    def _pair_done(self, job: Job, attempts: list[AttemptLog]) -> None:
+        conversion_id, postback_id, affiliate_id = job.key
+        last = attempts[-1].outcome
+        self.recorder.pair_finished(
+            FinishedPair(
+                conversion_id=conversion_id,
+                postback_id=postback_id,
+                affiliate_id=affiliate_id,
+                event_id=job.prepared.event_id,
+                method=job.prepared.method,
+                masked_url=job.prepared.masked_url,
+                attempts=attempts,
+            )
+        )
+        tracked = self._tracked[conversion_id]
+        tracked.pairs.append(
+            PairResult(
+                postback_id,
+                Outcome.DELIVERED if last.delivered else Outcome.FAILED,
+                last.status_code,
+                len(attempts),
+                None if last.delivered else (last.error or "http_status"),
+            )
+        )
+        tracked.pending -= 1
+        if tracked.pending == 0:
+            self._complete(tracked)
+
+    def _complete(self, tracked: _Tracked) -> None:
+        self._tracked.pop(tracked.conversion_id, None)
+        fired = [p for p in tracked.pairs if p.outcome != Outcome.SKIPPED]
+        if not fired:
+            outcome = Outcome.SKIPPED
+        elif any(p.outcome == Outcome.FAILED for p in fired):
+            outcome = Outcome.FAILED
+        elif self.dry_run:
+            outcome = Outcome.WOULD_FIRE
+        else:
+            outcome = Outcome.DELIVERED
+        delta = RunCounts(
+            processed=1,
+            retriggered=1 if fired else 0,
+            delivered=1 if outcome == Outcome.DELIVERED else 0,
+            failed=1 if outcome == Outcome.FAILED else 0,
+            skipped=1 if outcome == Outcome.SKIPPED else 0,
+        )
+        for pair in tracked.pairs:
+            if pair.outcome == Outcome.SKIPPED:
+                delta.skipped_by_reason[pair.error] = delta.skipped_by_reason.get(pair.error, 0) + 1
+        stored_outcome = outcome if outcome != Outcome.WOULD_FIRE else Outcome.DELIVERED
+        self.recorder.conversion_counted(tracked.conversion_id, stored_outcome, delta)
+        if self.keep_results:
+            self._results[tracked.conversion_id] = ConversionResult(
+                tracked.conversion_id, outcome, tuple(tracked.pairs)
+            )
+        if tracked.chunk_id is not None:
+            self._chunk_left[tracked.chunk_id] -= 1
+            if self._chunk_left[tracked.chunk_id] == 0:
+                self.recorder.chunk_done(tracked.chunk_id)
+                self._active_chunks.remove(tracked.chunk_id)
+
+    def _count_partly_fired(self) -> None:
+        """After a cancel: conversions with some pairs fired count with those pairs."""
+        for tracked in list(self._tracked.values()):
+            if len(tracked.pairs) > sum(p.outcome == Outcome.SKIPPED for p in tracked.pairs):
+                tracked.pending = 0
+                self._complete(tracked)
+
+    def _tick(self) -> None:
+        if self.recorder.flush(chunk_ids=list(self._active_chunks)):
+            self.cancelled = True
+        if self.progress is not None:
+            self.progress(self.recorder.counts)
+
+
+def invalid_outcome(detail: str) -> AttemptOutcome:
+    return AttemptOutcome(
+        status_code=None,
+        error="invalid_url",
+        error_detail=detail[:200],
+        duration_ms=0,
+        response_excerpt="",
+        retry_after=None,
+    )
+
+
+def now_log(outcome: AttemptOutcome) -> AttemptLog:
+    return AttemptLog(1, outcome, timezone.now())

@@ -1,0 +1,191 @@
+"""Re-trigger postbacks from a terminal: the same service, rules and limits as the API."""
+
+import json
+import sys
+import time
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from rest_framework.exceptions import ValidationError
+
+from conversions.access import COMMAND_LINE_ACTOR, AccountForbidden, actor_for_user
+from conversions.criteria import parse_criteria
+from conversions.models import RetriggerRun
+from conversions.results import RunCounts, run_document
+from conversions.services import conversions_retrigger
+
+# option dest -> API body key; list options are repeatable and comma-separated
+LIST_OPTIONS = {
+    "id": "id",
+    "affiliate_id": "affiliateId",
+    "account_id": "accountId",
+    "click_id": "clickIds",
+    "conversion_type": "conversionTypes",
+    "brand_id": "brandIds",
+    "traffic_source_id": "trafficSourceId",
+}
+SCALAR_OPTIONS = {
+    "from_date": "fromDate",
+    "to_date": "toDate",
+    "updated_since": "updatedSince",
+    "created_from": "createdFrom",
+    "offset": "offset",
+    "limit": "limit",
+    "sort": "sort",
+}
+INTEGER_KEYS = {"id", "affiliateId", "accountId", "conversionTypes", "brandIds", "trafficSourceId",
+                "offset", "limit"}
+
+
+class Command(BaseCommand):
+    help = "Re-trigger the postbacks of every conversion matching the criteria."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        for dest in LIST_OPTIONS:
+            parser.add_argument(
+                f"--{dest.replace('_', '-')}",
+                dest=dest,
+                action="append",
+                metavar="X[,Y...]",
+                help="repeatable and comma-separated",
+            )
+        for dest in SCALAR_OPTIONS:
+            parser.add_argument(f"--{dest.replace('_', '-')}", dest=dest)
+        parser.add_argument("--force", action="store_true", help="re-fire rejected/delivered")
+        parser.add_argument("--dry-run", action="store_true", help="report, send nothing")
+        parser.add_argument("--json", action="store_true", help="print the API's JSON document")
+        parser.add_argument("--user", help="act with this user's rights and name")
+        parser.add_argument(
+            "--background", action="store_true", help="queue the run for the task workers"
+        )
+        parser.add_argument(
+            "--follow", type=int, metavar="RUN_ID", help="show an existing run's progress"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        actor = self._actor(options.get("user"))
+        if options.get("follow") is not None:
+            self._follow(options["follow"], actor, as_json=options["json"])
+            return
+        body = self._body(options)
+        try:
+            criteria = parse_criteria(body)
+        except ValidationError as exc:
+            raise CommandError(f"Invalid criteria: {json.dumps(exc.detail)}") from exc
+
+        progress = self._progress_bar() if sys.stderr.isatty() and not options["json"] else None
+        try:
+            result = conversions_retrigger(
+                criteria=criteria,
+                actor=actor,
+                force=options["force"],
+                dry_run=options["dry_run"],
+                source=RetriggerRun.Source.COMMAND,
+                background=True if options["background"] else False,
+                keep_results=options["json"],
+                progress=progress,
+            )
+        except AccountForbidden as exc:
+            raise CommandError(str(exc)) from exc
+        if progress is not None:
+            self.stderr.write("")
+        if options["json"]:
+            self.stdout.write(json.dumps(result.to_document(), indent=2))
+            return
+        self._summary(result.run, result.counts, dry_run=options["dry_run"])
+        if result.queued:
+            self.stdout.write(
+                f"Queued as run {result.run.pk}; follow it with "
+                f"`manage.py retrigger_conversions --follow {result.run.pk}`."
+            )
+
+    # -- input -------------------------------------------------------------------------
+
+    def _actor(self, username: str | None):
+        if not username:
+            return COMMAND_LINE_ACTOR
+        user = get_user_model().objects.filter(username=username).first()
+        if user is None:
+            raise CommandError(f"No user named {username!r}.")
+        actor = actor_for_user(user)
+        if actor.admin_account_ids is not None and not actor.admin_account_ids:
+            raise CommandError(f"{username} is not an account admin.")
+        return actor
+
+    @staticmethod
+    def _body(options: dict[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        for dest, key in LIST_OPTIONS.items():
+            values = options.get(dest)
+            if values is None:
+                continue
+            parts = [part.strip() for value in values for part in value.split(",")]
+            body[key] = [_number(part) if key in INTEGER_KEYS else part for part in parts]
+        for dest, key in SCALAR_OPTIONS.items():
+            value = options.get(dest)
+            if value is not None:
+                body[key] = _number(value) if key in INTEGER_KEYS else value
+        return body
+
+    # -- output ------------------------------------------------------------------------
+
+    def _progress_bar(self):
+        started = time.monotonic()
+        state = {"total": None}
+
+        def show(counts: RunCounts) -> None:
+            total = state["total"] or counts.selected or 0
+            done = counts.processed
+            width = 30
+            filled = int(width * done / total) if total else 0
+            rate = done / max(time.monotonic() - started, 1e-6)
+            self.stderr.write(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total or '?'} "
+                f"delivered {counts.delivered} failed {counts.failed} "
+                f"skipped {counts.skipped} ({rate:.0f}/s)",
+                ending="",
+            )
+            self.stderr.flush()
+
+        return show
+
+    def _summary(self, run: RetriggerRun | None, counts: RunCounts, *, dry_run: bool) -> None:
+        label = "Dry run" if dry_run else f"Run {run.pk} {run.status}"
+        self.stdout.write(
+            f"{label}: matched {counts.matched}, selected {counts.selected}, "
+            f"{'would fire' if dry_run else 'retriggered'} {counts.retriggered}, "
+            f"delivered {counts.delivered}, failed {counts.failed}, skipped {counts.skipped}"
+        )
+        for reason, count in counts.skipped_by_reason.items():
+            self.stdout.write(f"  skipped {reason}: {count}")
+
+    def _follow(self, run_id: int, actor, *, as_json: bool) -> None:
+        from conversions.services import run_get_for_actor
+
+        try:
+            run = run_get_for_actor(run_id=run_id, actor=actor)
+        except RetriggerRun.DoesNotExist as exc:
+            raise CommandError(f"No run {run_id}.") from exc
+        show = self._progress_bar() if sys.stderr.isatty() else None
+        while not run.is_final:
+            if show is not None:
+                show(RunCounts.from_run(run))
+            time.sleep(1)
+            run.refresh_from_db()
+        if show is not None:
+            show(RunCounts.from_run(run))
+            self.stderr.write("")
+        if as_json:
+            document = {"info": run.criteria, "run": run_document(run=run, with_progress=True)}
+            self.stdout.write(json.dumps(document, indent=2))
+        else:
+            self._summary(run, RunCounts.from_run(run), dry_run=False)
+
+
+def _number(text: str) -> Any:
+    """Whole numbers become ints; anything else is left for the criteria to refuse."""
+    stripped = text.strip()
+    if stripped.lstrip("-").isdigit():
+        return int(stripped)
+    return text

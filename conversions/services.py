@@ -1,0 +1,371 @@
+"""The write side: re-trigger the postbacks of selected conversions.
+
+Every door (API, admin action, command, background task) calls into this module.
+
+A run that is not a dry run is first *planned*: the selection's ids are streamed once,
+in order, into `RetriggerChunk` rows. Workers then claim chunks one at a time (in the
+request for small runs, in `django.tasks` workers for large ones, several workers per
+run), so a large run is shared out and a run whose worker died can be taken over.
+"""
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from conversions.access import Actor
+from conversions.criteria import Criteria
+from conversions.execution import Batch, RunExecutor
+from conversions.models import (
+    Account,
+    Conversion,
+    DeliveryClaim,
+    RetriggerChunk,
+    RetriggerRun,
+)
+from conversions.recording import RunRecorder
+from conversions.results import RetriggerResult, RunCounts
+from conversions.selectors import check_account_scope, conversion_list, conversion_selection
+
+logger = logging.getLogger(__name__)
+
+ID_STREAM_BATCH = 5000
+
+
+def conversions_retrigger(
+    *,
+    criteria: Criteria,
+    actor: Actor,
+    force: bool = False,
+    dry_run: bool = False,
+    source: str,
+    background: bool | None = None,
+    keep_results: bool | None = None,
+    progress: Callable[[RunCounts], None] | None = None,
+) -> RetriggerResult:
+    """Re-trigger the postbacks of the conversions matching `criteria`.
+
+    `background=None` decides by size: more than `RETRIGGER_SYNC_MAX` selected goes to
+    the task queue. Raises `AccountForbidden` when the criteria name an account the
+    actor does not administer.
+    """
+    check_account_scope(criteria, actor)
+    matched = conversion_list(criteria=criteria, actor=actor).count()
+    selected = max(0, min(matched - criteria.offset, criteria.limit))
+    return _retrigger(
+        selection=conversion_selection(criteria=criteria, actor=actor),
+        info=criteria.to_info(force=force, dry_run=dry_run),
+        matched=matched,
+        selected=selected,
+        actor=actor,
+        force=force,
+        dry_run=dry_run,
+        source=source,
+        background=background,
+        keep_results=keep_results,
+        progress=progress,
+    )
+
+
+def conversions_retrigger_queryset(
+    *,
+    queryset: QuerySet[Conversion],
+    actor: Actor,
+    force: bool = False,
+    dry_run: bool = False,
+    source: str,
+    info: dict[str, Any] | None = None,
+    background: bool | None = None,
+) -> RetriggerResult:
+    """The same for an already-built selection (the admin's filtered change list)."""
+    queryset = scope_conversions(queryset, actor).order_by("id")
+    selected = queryset.count()
+    return _retrigger(
+        selection=queryset,
+        info={**(info or {}), "force": force, "dryRun": dry_run},
+        matched=selected,
+        selected=selected,
+        actor=actor,
+        force=force,
+        dry_run=dry_run,
+        source=source,
+        background=background,
+        keep_results=None,
+        progress=None,
+    )
+
+
+def scope_conversions(queryset: QuerySet[Conversion], actor: Actor) -> QuerySet[Conversion]:
+    if actor.admin_account_ids is None:
+        return queryset
+    return queryset.filter(account_id__in=actor.admin_account_ids)
+
+
+def _retrigger(
+    *,
+    selection: QuerySet[Conversion],
+    info: dict[str, Any],
+    matched: int,
+    selected: int,
+    actor: Actor,
+    force: bool,
+    dry_run: bool,
+    source: str,
+    background: bool | None,
+    keep_results: bool | None,
+    progress: Callable[[RunCounts], None] | None,
+) -> RetriggerResult:
+    if background is None:
+        background = not dry_run and selected > settings.RETRIGGER_SYNC_MAX
+    if keep_results is None:
+        keep_results = not background
+
+    if dry_run:
+        recorder = RunRecorder(run=None)
+        executor = RunExecutor(
+            run=None,
+            force=force,
+            dry_run=True,
+            keep_results=keep_results,
+            recorder=recorder,
+            progress=progress,
+        )
+        results = executor.execute(Batch(ids) for ids in _id_batches(selection))
+        counts = recorder.counts
+        counts.matched, counts.selected = matched, selected
+        return RetriggerResult(info=info, run=None, counts=counts, results=results, dry_run=True)
+
+    run = _run_create(
+        selection=selection,
+        info=info,
+        matched=matched,
+        selected=selected,
+        actor=actor,
+        force=force,
+        source=source,
+    )
+    if background:
+        from conversions.tasks import enqueue_run_workers
+
+        enqueue_run_workers(run)
+        run.refresh_from_db()
+        return RetriggerResult(info=info, run=run, counts=RunCounts.from_run(run), results=None)
+
+    results = run_work(run=run, keep_results=keep_results, progress=progress)
+    run.refresh_from_db()
+    return RetriggerResult(
+        info=info, run=run, counts=RunCounts.from_run(run), results=results or []
+    )
+
+
+def _id_batches(selection: QuerySet[Conversion]) -> Iterator[list[int]]:
+    """The selection's ids in order, a chunk at a time, never all in memory."""
+    size = settings.RETRIGGER_CHUNK_SIZE
+    batch: list[int] = []
+    for pk in selection.values_list("id", flat=True).iterator(chunk_size=ID_STREAM_BATCH):
+        batch.append(pk)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _run_create(
+    *,
+    selection: QuerySet[Conversion],
+    info: dict[str, Any],
+    matched: int,
+    selected: int,
+    actor: Actor,
+    force: bool,
+    source: str,
+) -> RetriggerRun:
+    """Store the run and its chunks; the selection is fixed from here on."""
+    run = RetriggerRun.objects.create(
+        created_by=actor.user,
+        actor=actor.label,
+        source=source,
+        criteria=info,
+        force=force,
+        matched=matched,
+        selected=selected,
+        scope_account_ids=(
+            None if actor.admin_account_ids is None else sorted(actor.admin_account_ids)
+        ),
+    )
+    pending: list[RetriggerChunk] = []
+    seq = 0
+    for ids in _id_batches(selection):
+        pending.append(RetriggerChunk(run=run, seq=seq, conversion_ids=ids))
+        seq += 1
+        if len(pending) >= 20:
+            RetriggerChunk.objects.bulk_create(pending)
+            pending = []
+    RetriggerChunk.objects.bulk_create(pending)
+    run.accounts.set(
+        Account.objects.filter(pk__in=selection.values("account_id")).values_list("pk", flat=True)
+    )
+    # The stored chunk sizes are the truth if rows changed between count and stream.
+    run.selected = sum(len(c) for c in run.chunks.values_list("conversion_ids", flat=True))
+    run.planned = True
+    run.save(update_fields=["selected", "planned"])
+    return run
+
+
+# -- workers ---------------------------------------------------------------------------
+
+
+def worker_name() -> str:
+    # Unique per call: two workers in one process must not mistake each other's chunks.
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_work(
+    *,
+    run: RetriggerRun,
+    keep_results: bool = False,
+    progress: Callable[[RunCounts], None] | None = None,
+) -> list | None:
+    """Claim and process chunks of `run` until none is left; finish the run if last."""
+    if not _run_start(run):
+        return [] if keep_results else None
+    worker = worker_name()
+    recorder = RunRecorder(run=run, worker=worker)
+    recorder.counts.matched, recorder.counts.selected = run.matched, run.selected
+    executor = RunExecutor(
+        run=run,
+        force=run.force,
+        dry_run=False,
+        keep_results=keep_results,
+        recorder=recorder,
+        progress=progress,
+    )
+    try:
+        results = executor.execute(_claimed_batches(run, worker, executor))
+    except Exception as exc:
+        logger.exception("run %s failed", run.pk)
+        _run_finish(run, RetriggerRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        raise
+    if executor.cancelled:
+        _run_finish(run, RetriggerRun.Status.CANCELLED)
+    elif not run.chunks.exclude(status=RetriggerChunk.Status.DONE).exists():
+        _run_finish(run, RetriggerRun.Status.COMPLETED)
+    return results
+
+
+def _run_start(run: RetriggerRun) -> bool:
+    now = timezone.now()
+    RetriggerRun.objects.filter(pk=run.pk, status=RetriggerRun.Status.QUEUED).update(
+        status=RetriggerRun.Status.RUNNING, started_at=now, heartbeat_at=now
+    )
+    run.refresh_from_db()
+    if run.cancel_requested and not run.is_final:
+        _run_finish(run, RetriggerRun.Status.CANCELLED)
+    return run.status == RetriggerRun.Status.RUNNING
+
+
+def _claimed_batches(run: RetriggerRun, worker: str, executor: RunExecutor) -> Iterator[Batch]:
+    while not executor.cancelled:
+        chunk = _chunk_claim(run, worker)
+        if chunk is None:
+            return
+        yield Batch(chunk.conversion_ids, chunk_id=chunk.pk)
+
+
+def _chunk_claim(run: RetriggerRun, worker: str) -> RetriggerChunk | None:
+    """Take the next pending chunk, or one whose worker stopped beating.
+
+    A compare-and-set update, so it works the same on SQLite and PostgreSQL and two
+    workers never take the same chunk.
+    """
+    stale_before = timezone.now() - timedelta(seconds=settings.RETRIGGER_HEARTBEAT_STALE)
+    claimable = run.chunks.filter(
+        Q(status=RetriggerChunk.Status.PENDING)
+        | (
+            Q(status=RetriggerChunk.Status.RUNNING)
+            & (Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True))
+            & ~Q(worker=worker)
+        )
+    ).order_by("seq")
+    for chunk in claimable[:5]:
+        taken = RetriggerChunk.objects.filter(
+            pk=chunk.pk, status=chunk.status, heartbeat_at=chunk.heartbeat_at
+        ).update(status=RetriggerChunk.Status.RUNNING, worker=worker, heartbeat_at=timezone.now())
+        if taken:
+            chunk.refresh_from_db()
+            return chunk
+    return None
+
+
+def _run_finish(run: RetriggerRun, status: str, *, error: str = "") -> None:
+    with transaction.atomic():
+        updated = RetriggerRun.objects.filter(
+            pk=run.pk, status__in=[RetriggerRun.Status.QUEUED, RetriggerRun.Status.RUNNING]
+        ).update(status=status, finished_at=timezone.now(), error=error[:2000])
+        if updated:
+            DeliveryClaim.objects.filter(run=run).delete()
+    run.refresh_from_db()
+
+
+# -- reading and cancelling runs ----------------------------------------------------------
+
+
+def runs_visible_to(actor: Actor) -> QuerySet[RetriggerRun]:
+    """Runs an actor may read: their own, or (admins) runs touching only their accounts."""
+    runs = RetriggerRun.objects.all()
+    if actor.admin_account_ids is None:
+        return runs
+    own = Q(created_by=actor.user) if actor.user is not None else Q(pk__in=[])
+    foreign = RetriggerRun.accounts.through.objects.exclude(
+        account_id__in=actor.admin_account_ids
+    ).values("retriggerrun_id")
+    touching_mine = Q(accounts__in=actor.admin_account_ids) & ~Q(pk__in=foreign)
+    return runs.filter(own | touching_mine).distinct()
+
+
+def run_get_for_actor(*, run_id: int, actor: Actor) -> RetriggerRun:
+    """The run, or `RetriggerRun.DoesNotExist` when the actor may not see it."""
+    return runs_visible_to(actor).get(pk=run_id)
+
+
+def run_cancel(*, run: RetriggerRun, actor: Actor) -> RetriggerRun:
+    """Stop a run: pairs not yet fired stay unfired. A finished run is left as it is."""
+    RetriggerRun.objects.filter(
+        pk=run.pk, status__in=[RetriggerRun.Status.QUEUED, RetriggerRun.Status.RUNNING]
+    ).update(cancel_requested=True)
+    run.refresh_from_db()
+    if run.status == RetriggerRun.Status.QUEUED:
+        _run_finish(run, RetriggerRun.Status.CANCELLED)
+    return run
+
+
+def runs_recover_stale() -> list[int]:
+    """Re-enqueue workers for runs whose every worker stopped beating (a crash)."""
+    from conversions.tasks import enqueue_run_workers
+
+    stale_before = timezone.now() - timedelta(seconds=settings.RETRIGGER_HEARTBEAT_STALE)
+    stale = RetriggerRun.objects.filter(
+        Q(status=RetriggerRun.Status.RUNNING, heartbeat_at__lt=stale_before)
+        | Q(status=RetriggerRun.Status.QUEUED, created_at__lt=stale_before),
+        planned=True,
+    )
+    recovered = []
+    for run in stale:
+        # Beat once so that only one recovering worker enqueues for this run.
+        claimed = RetriggerRun.objects.filter(pk=run.pk, heartbeat_at=run.heartbeat_at).update(
+            heartbeat_at=timezone.now()
+        )
+        if claimed:
+            logger.warning("run %s stopped beating; enqueuing workers to take it over", run.pk)
+            enqueue_run_workers(run)
+            recovered.append(run.pk)
+    return recovered

@@ -1,0 +1,123 @@
+"""Skip rules per (conversion, applicable postback) pair, decided a batch at a time.
+
+Contract §4. Normally skipped, fired anyway with force: `rejected`, `already_delivered`.
+Always skipped: `affiliate_inactive`, `no_postback`, `in_progress`. A pair with several
+reasons counts under the first of the `SkipReason` order. Every query here is per batch,
+never per conversion.
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from conversions.models import (
+    Conversion,
+    DeliveryAttempt,
+    DeliveryClaim,
+    Postback,
+    SkipReason,
+)
+
+Pair = tuple[int, int]  # (conversion_id, postback_id)
+
+
+@dataclass
+class PlannedConversion:
+    conversion: Conversion
+    fire: list[Postback] = field(default_factory=list)
+    # (postback_id or None when no postback applies, reason)
+    skipped: list[tuple[int | None, str]] = field(default_factory=list)
+
+
+class PostbackDirectory:
+    """Active postbacks by affiliate, loaded once per affiliate for a whole run."""
+
+    def __init__(self) -> None:
+        self._by_affiliate: dict[int, list[Postback]] = {}
+
+    def load(self, affiliate_ids: Iterable[int]) -> None:
+        missing = {pk for pk in affiliate_ids if pk not in self._by_affiliate}
+        if not missing:
+            return
+        for pk in missing:
+            self._by_affiliate[pk] = []
+        for postback in Postback.objects.filter(affiliate_id__in=missing, is_active=True).order_by(
+            "id"
+        ):
+            self._by_affiliate[postback.affiliate_id].append(postback)
+
+    def applicable(self, conversion: Conversion) -> list[Postback]:
+        return [
+            postback
+            for postback in self._by_affiliate.get(conversion.affiliate_id, ())
+            if postback.conversion_type_id in (None, conversion.conversion_type_id)
+        ]
+
+
+def plan_batch(
+    conversions: Sequence[Conversion],
+    *,
+    directory: PostbackDirectory,
+    force: bool,
+    run_id: int | None,
+) -> list[PlannedConversion]:
+    """Decide, for each conversion of the batch, which pairs fire and which are skipped.
+
+    `conversions` must have `affiliate` loaded (select_related). Claims held by `run_id`
+    itself (a run taken over after a crash) do not count as `in_progress`.
+    """
+    directory.load({c.affiliate_id for c in conversions})
+    ids = [c.pk for c in conversions]
+    claimed_elsewhere = _claimed_pairs(ids, excluding_run=run_id)
+    delivered = set() if force else _delivered_pairs(ids)
+
+    planned = []
+    for conversion in conversions:
+        plan = PlannedConversion(conversion)
+        postbacks = directory.applicable(conversion)
+        if not conversion.affiliate.is_active:
+            plan.skipped = [(p.pk, SkipReason.AFFILIATE_INACTIVE) for p in postbacks] or [
+                (None, SkipReason.AFFILIATE_INACTIVE)
+            ]
+        elif not postbacks:
+            plan.skipped = [(None, SkipReason.NO_POSTBACK)]
+        else:
+            for postback in postbacks:
+                reason = _pair_reason(conversion, postback, claimed_elsewhere, delivered, force)
+                if reason is None:
+                    plan.fire.append(postback)
+                else:
+                    plan.skipped.append((postback.pk, reason))
+        planned.append(plan)
+    return planned
+
+
+def _pair_reason(
+    conversion: Conversion,
+    postback: Postback,
+    claimed_elsewhere: set[Pair],
+    delivered: set[Pair],
+    force: bool,
+) -> str | None:
+    pair = (conversion.pk, postback.pk)
+    if pair in claimed_elsewhere:
+        return SkipReason.IN_PROGRESS
+    if not force and conversion.status == Conversion.Status.REJECTED:
+        return SkipReason.REJECTED
+    if not force and pair in delivered:
+        return SkipReason.ALREADY_DELIVERED
+    return None
+
+
+def _claimed_pairs(conversion_ids: list[int], *, excluding_run: int | None) -> set[Pair]:
+    claims = DeliveryClaim.objects.filter(conversion_id__in=conversion_ids)
+    if excluding_run is not None:
+        claims = claims.exclude(run_id=excluding_run)
+    return set(claims.values_list("conversion_id", "postback_id"))
+
+
+def _delivered_pairs(conversion_ids: list[int]) -> set[Pair]:
+    return set(
+        DeliveryAttempt.objects.filter(conversion_id__in=conversion_ids, delivered=True)
+        .values_list("conversion_id", "postback_id")
+        .distinct()
+    )

@@ -1,0 +1,159 @@
+"""The scheduler: per-host caps, scheduled retries, stopping. HTTP is replaced by a
+function here because what is under test is the scheduling; the transport has its own
+tests against real receivers."""
+
+import threading
+import time
+from collections import Counter, defaultdict
+
+import pytest
+
+from conversions.delivery.engine import DeliveryEngine, EngineSettings, Job
+from conversions.delivery.transport import AttemptOutcome, PreparedPostback
+
+
+def prepared(host: str, n: int) -> PreparedPostback:
+    return PreparedPostback(
+        method="GET",
+        url=f"http://{host}/pb?n={n}",
+        masked_url=f"http://{host}/pb?n={n}",
+        body=None,
+        event_id=f"e{n}",
+        host_key=f"http://{host}",
+    )
+
+
+def outcome(status: int | None, *, error: str | None = None, retry_after=None) -> AttemptOutcome:
+    return AttemptOutcome(
+        status_code=status,
+        error=error if error else (None if status and 200 <= status < 300 else "http_status"),
+        error_detail="",
+        duration_ms=1,
+        response_excerpt="",
+        retry_after=retry_after,
+    )
+
+
+def config(**kw) -> EngineSettings:
+    defaults = dict(
+        max_workers=16,
+        host_concurrency=3,
+        max_attempts=3,
+        retry_base=0.01,
+        retry_cap=0.05,
+        buffer=1000,
+    )
+    return EngineSettings(**{**defaults, **kw})
+
+
+class ConcurrencyProbe:
+    def __init__(self, delay: float = 0.01):
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.now: Counter = Counter()
+        self.peak: Counter = Counter()
+        self.calls: Counter = Counter()
+
+    def __call__(self, prepared: PreparedPostback, *, session) -> AttemptOutcome:
+        host = prepared.host_key
+        with self.lock:
+            self.now[host] += 1
+            self.calls[host] += 1
+            self.peak[host] = max(self.peak[host], self.now[host])
+        time.sleep(self.delay)
+        with self.lock:
+            self.now[host] -= 1
+        return outcome(200)
+
+
+def test_no_host_sees_more_than_its_cap_in_flight():
+    # given 3 hosts, 30 jobs each, cap 3, 16 threads
+    probe = ConcurrencyProbe()
+    jobs = [Job((h, n), prepared(f"h{h}", n)) for n in range(30) for h in range(3)]
+    done = []
+
+    # when
+    DeliveryEngine(config(), send=probe).run(jobs, on_done=lambda job, a: done.append(job.key))
+
+    # then
+    assert sorted(done) == sorted(j.key for j in jobs)
+    assert max(probe.peak.values()) <= 3
+    assert min(probe.peak.values()) >= 2  # and the cap is actually used
+
+
+def test_retries_until_success_and_reports_every_attempt():
+    answers = defaultdict(
+        lambda: iter([outcome(503), outcome(429, retry_after=0.01), outcome(200)])
+    )
+
+    def send(prepared, *, session):
+        return next(answers[prepared.event_id])
+
+    results = {}
+    DeliveryEngine(config(), send=send).run(
+        [Job(1, prepared("a", 1))],
+        on_done=lambda job, attempts: results.update({job.key: attempts}),
+    )
+
+    assert [a.outcome.status_code for a in results[1]] == [503, 429, 200]
+    assert [a.attempt_number for a in results[1]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [outcome(404), outcome(None, error="blocked_address"), outcome(400)],
+)
+def test_final_answers_are_not_retried(answer):
+    calls = []
+
+    def send(prepared, *, session):
+        calls.append(prepared)
+        return answer
+
+    DeliveryEngine(config(), send=send).run([Job(1, prepared("a", 1))], on_done=lambda *_: None)
+
+    assert len(calls) == 1
+
+
+def test_a_slow_host_does_not_hold_up_the_others():
+    # given one host answering slowly and one fast host
+    order = []
+    lock = threading.Lock()
+
+    def send(prepared, *, session):
+        time.sleep(0.2 if prepared.host_key == "http://slow" else 0.001)
+        with lock:
+            order.append(prepared.host_key)
+        return outcome(200)
+
+    jobs = [Job(("s", n), prepared("slow", n)) for n in range(6)]
+    jobs += [Job(("f", n), prepared("fast", n)) for n in range(50)]
+
+    # when
+    DeliveryEngine(config(host_concurrency=2), send=send).run(jobs, on_done=lambda *_: None)
+
+    # then every fast pair finished before the slow host's queue drained
+    assert order.index("http://fast") < 3
+    last_fast = max(i for i, host in enumerate(order) if host == "http://fast")
+    assert last_fast < len(order) - 1
+    assert order.count("http://slow") == 6
+
+
+def test_stop_leaves_unstarted_pairs_unfired():
+    started = []
+
+    def send(prepared, *, session):
+        started.append(prepared.event_id)
+        time.sleep(0.05)
+        return outcome(200)
+
+    jobs = (Job(n, prepared("a", n)) for n in range(1000))
+    finished = []
+    DeliveryEngine(config(host_concurrency=1, max_workers=1), send=send, tick=0.01).run(
+        jobs,
+        on_done=lambda job, attempts: finished.append(job.key),
+        should_stop=lambda: len(started) >= 3,
+    )
+
+    assert 3 <= len(started) < 10
+    assert len(finished) == len(started)
