@@ -1,0 +1,110 @@
+"""`manage.py retrigger_conversions`: same criteria, same rules, clear errors."""
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from conversions.models import Conversion, DeliveryAttempt, RetriggerRun
+from tests import factories as f
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def world(httpserver, allow_loopback):
+    httpserver.expect_request("/pb").respond_with_data("ok")
+    account = f.make_account()
+    affiliate = f.make_affiliate(account)
+    f.make_postback(affiliate, httpserver.url_for("/pb") + "?cid={click_id}")
+    conversions = [f.make_conversion(affiliate) for _ in range(4)]
+    return {"account": account, "affiliate": affiliate, "conversions": conversions}
+
+
+def run_command(*args: str) -> str:
+    out = StringIO()
+    call_command("retrigger_conversions", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_repeatable_comma_separated_ids_select_exactly_those(httpserver, world):
+    # given
+    first, second, third, _ = world["conversions"]
+
+    # when
+    output = run_command("--id", f"{first.pk},{second.pk}", "--id", str(third.pk), "--json")
+
+    # then
+    document = json.loads(output)
+    assert document["info"]["id"] == [first.pk, second.pk, third.pk]
+    assert [r["conversionId"] for r in document["results"]] == [first.pk, second.pk, third.pk]
+    assert document["run"]["delivered"] == 3 and len(httpserver.log) == 3
+    run = RetriggerRun.objects.get()
+    assert run.source == "command" and run.actor == "command line"
+
+
+def test_summary_names_counts_and_skip_reasons(world):
+    Conversion.objects.filter(pk=world["conversions"][0].pk).update(status="rejected")
+
+    output = run_command("--affiliate-id", str(world["affiliate"].pk))
+
+    assert "matched 4" in output and "delivered 3" in output
+    assert "skipped rejected: 1" in output
+
+
+def test_dry_run_sends_nothing(httpserver, world):
+    output = run_command("--dry-run", "--json")
+
+    document = json.loads(output)
+    assert document["run"]["status"] == "dry_run" and document["run"]["retriggered"] == 4
+    assert len(httpserver.log) == 0 and not DeliveryAttempt.objects.exists()
+
+
+def test_force_refires_delivered(httpserver, world):
+    run_command()
+    run_command("--force")
+
+    assert len(httpserver.log) == 8
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["--id", "abc"], "id"),
+        (["--id", "0"], "id"),
+        (["--click-id", "not-a-uuid"], "clickIds"),
+        (["--limit", "0"], "limit"),
+        (["--offset", "-1"], "offset"),
+        (["--sort", "--date"], "sort"),
+        (["--from-date", "yesterday"], "fromDate"),
+    ],
+)
+def test_bad_input_exits_non_zero_and_fires_nothing(httpserver, world, args, key):
+    with pytest.raises(CommandError) as error:
+        run_command(*args)
+
+    assert key in str(error.value)
+    assert len(httpserver.log) == 0 and not RetriggerRun.objects.exists()
+
+
+def test_user_is_scoped_to_their_accounts(httpserver, world):
+    # given an admin of another account only
+    other = f.make_account()
+    admin = f.make_account_admin(other, username="other-admin")
+
+    # when they name the world's account
+    with pytest.raises(CommandError):
+        run_command("--user", "other-admin", "--account-id", str(world["account"].pk))
+
+    # then nothing fired, and without the filter they select nothing of the world's
+    output = run_command("--user", admin.username, "--json")
+    assert json.loads(output)["run"]["matched"] == 0
+    assert len(httpserver.log) == 0
+
+
+def test_member_user_is_refused(world):
+    f.make_member(world["account"], username="member")
+
+    with pytest.raises(CommandError, match="not an account admin"):
+        run_command("--user", "member")
