@@ -1,0 +1,342 @@
+"""The address guard: postbacks never reach internal networks unless an operator opens them.
+
+Why our own adapter rather than `requests_hardened.IPFilterAdapter`: that adapter checks
+only the first address a name resolves to, has a loopback switch but no CIDR allow-list,
+and judges IPv6 forms that embed an IPv4 address (NAT64, 6to4, Teredo) by their IPv6
+range, not by the IPv4 inside. The pinning idea is the same and fits `requests` well:
+
+1. the host is resolved once (`resolve_host`, patchable in tests);
+2. every candidate address is checked; the first allowed one is used, and when none is
+   allowed the send stops with `BlockedAddress` before any socket is opened;
+3. urllib3 is handed that IP as the pool's host, so it connects to the checked address
+   with no second lookup, while the Host header, TLS SNI and certificate check keep the
+   name from the URL.
+
+Connection pools are keyed by the pinned IP (and, for TLS, the name), so a keep-alive
+connection is only ever reused for the address it was checked for.
+
+The adapter also reports every socket it uses to observers registered by the calling
+thread (`observe_sockets`): the transport uses that to cut a connection whose whole
+attempt deadline has passed, even while a receiver trickles its headers.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+logger = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Ranges the `ipaddress` flags of Python 3.12 miss or judge as global.
+_EXTRA_BLOCKED: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in (
+        "0.0.0.0/8",  # "this network"
+        "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "198.18.0.0/15",  # benchmarking
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and broadcast
+        "::/96",  # IPv4-compatible (deprecated) and unspecified
+        "100::/64",  # discard-only
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "5f00::/16",  # segment routing
+        "64:ff9b:1::/48",  # local-use NAT64
+        "fc00::/7",  # unique local
+        "fec0::/10",  # site-local (deprecated, still routed internally in places)
+        "ff00::/8",  # multicast
+    )
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_HTTP_PORTS = {"http": 80, "https": 443}
+
+
+class BlockedAddress(requests.exceptions.ConnectionError):
+    """The destination resolved only to addresses the guard refuses; nothing was sent."""
+
+    def __init__(self, address: IPAddress | None, host: str = "") -> None:
+        self.address = address
+        self.host = host
+        super().__init__(f"blocked address {address} for host {host!r}")
+
+
+# --- the verdict -----------------------------------------------------------------------
+
+
+def allowed_networks() -> tuple[IPNetwork, ...]:
+    """`settings.POSTBACK_ALLOWED_NETWORKS`, read at call time so overrides apply."""
+    configured = settings.POSTBACK_ALLOWED_NETWORKS or ()
+    if isinstance(configured, str):
+        configured = configured.split(",")
+    return _parse_networks(tuple(str(item).strip() for item in configured if str(item).strip()))
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_networks(cidrs: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            # Fail closed: an entry we cannot read opens nothing.
+            logger.warning("Ignoring malformed POSTBACK_ALLOWED_NETWORKS entry %r", cidr)
+    return tuple(networks)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address stands for: mapped, NAT64, 6to4 or Teredo."""
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip in _NAT64:
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        # (server, client); `ipaddress` already undoes the xor on the client address.
+        return list(ip.teredo)
+    return []
+
+
+def is_blocked_ip(ip: IPAddress, *, allowed: Sequence[IPNetwork] | None = None) -> bool:
+    """True when a postback must not go to `ip`.
+
+    The allow-list is matched against the address as connected to, before anything else:
+    `127.0.0.1/32` opens 127.0.0.1 but neither 127.0.0.2 nor ::ffff:127.0.0.1. IPv6 forms
+    that carry an IPv4 address are judged by that IPv4 address (every one of them, for
+    Teredo), because that is where the packets end up.
+    """
+    networks = allowed_networks() if allowed is None else allowed
+    if any(ip.version == net.version and ip in net for net in networks):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if inner:
+            return any(_is_blocked_plain(v4) for v4 in inner)
+    return _is_blocked_plain(ip)
+
+
+def _is_blocked_plain(ip: IPAddress) -> bool:
+    return (
+        not ip.is_global
+        or ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or any(ip.version == net.version and ip in net for net in _EXTRA_BLOCKED)
+    )
+
+
+# --- host literals ---------------------------------------------------------------------
+
+
+def parse_host_literal(host: str) -> IPAddress | None:
+    """The address a URL host names literally, or None for a DNS name.
+
+    IPv4 is read the way resolvers (inet_aton) and browsers read it, so the spellings an
+    attacker would use to hide 127.0.0.1 are recognised: `2130706433`, `0x7f.1`,
+    `0177.0.0.1`, `127.1`.
+    """
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    return _parse_ipv4_forms(host)
+
+
+def host_looks_numeric(host: str) -> bool:
+    """A host whose last label is a number must be an IPv4 address (WHATWG URL rule)."""
+    labels = host.rstrip(".").split(".")
+    return bool(labels) and _parse_ipv4_number(labels[-1]) is not None
+
+
+def _parse_ipv4_number(part: str) -> int | None:
+    if not part or not part.isascii():
+        return None
+    text = part.lower()
+    try:
+        if text.startswith("0x"):
+            return int(text[2:] or "0", 16)
+        if len(text) > 1 and text.startswith("0"):
+            return int(text[1:], 8)
+        return int(text, 10) if text.isdigit() else None
+    except ValueError:
+        return None
+
+
+def _parse_ipv4_forms(host: str) -> ipaddress.IPv4Address | None:
+    parts = host.split(".")
+    if parts and parts[-1] == "" and len(parts) > 1:
+        parts = parts[:-1]  # one trailing dot is allowed
+    if not 1 <= len(parts) <= 4:
+        return None
+    numbers = [_parse_ipv4_number(p) for p in parts]
+    if any(n is None for n in numbers):
+        return None
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):  # type: ignore[operator]
+        return None
+    value = last
+    for index, n in enumerate(head):
+        value += n << (8 * (3 - index))  # type: ignore[operator]
+    return ipaddress.IPv4Address(value)
+
+
+# --- resolution ------------------------------------------------------------------------
+
+
+def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to, in the resolver's order (one lookup)."""
+    literal = parse_host_literal(host)
+    if literal is not None:
+        return [literal]
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for family, _type, _proto, _name, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        address = ipaddress.ip_address(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def pick_address(host: str, port: int) -> IPAddress:
+    """Resolve once and return the first allowed candidate; raise if there is none."""
+    try:
+        candidates = resolve_host(host, port)
+    except (OSError, UnicodeError) as exc:
+        raise requests.exceptions.ConnectionError(f"cannot resolve host {host!r}: {exc}") from exc
+    if not candidates:
+        raise requests.exceptions.ConnectionError(f"host {host!r} has no address")
+    networks = allowed_networks()
+    for candidate in candidates:
+        if not is_blocked_ip(candidate, allowed=networks):
+            return candidate
+    logger.warning("Blocked postback to %s (%s)", host, ", ".join(map(str, candidates)))
+    raise BlockedAddress(candidates[0], host)
+
+
+# --- socket observers (for the whole-attempt deadline) ---------------------------------
+
+_observers = threading.local()
+
+
+@contextmanager
+def observe_sockets(callback: Callable[[socket.socket], None]) -> Iterator[None]:
+    """Call `callback` with every socket the guarded adapter uses in this thread."""
+    stack = _observers.__dict__.setdefault("stack", [])
+    stack.append(callback)
+    try:
+        yield
+    finally:
+        stack.remove(callback)
+
+
+def _notify(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    for callback in list(getattr(_observers, "stack", ())):
+        callback(sock)
+
+
+class _ObservedHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _notify(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        _notify(self.sock)  # a reused keep-alive connection
+        super().request(*args, **kwargs)
+
+
+class _ObservedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _notify(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        _notify(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _ObservedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _ObservedHTTPConnection
+
+
+class _ObservedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _ObservedHTTPSConnection
+
+
+# --- the adapter -----------------------------------------------------------------------
+
+
+class GuardedAdapter(HTTPAdapter):
+    """An `HTTPAdapter` that connects only to guard-approved, pinned addresses."""
+
+    def __init__(self, *, pool_connections: int = 10, pool_maxsize: int = 10) -> None:
+        super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _ObservedHTTPPool,
+            "https": _ObservedHTTPSPool,
+        }
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        # A proxy would make its own lookup of the name and defeat the pinning.
+        kwargs["proxies"] = {}
+        return super().send(request, **kwargs)
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        scheme = host_params["scheme"]
+        host = host_params["host"] or ""
+        if not host:
+            raise requests.exceptions.InvalidURL("URL has no host")
+        port = host_params["port"]
+        address = pick_address(host, port or _HTTP_PORTS.get(scheme, 80))
+
+        # Copy before adding Host: the caller's header mapping may be shared.
+        headers = CaseInsensitiveDict(request.headers or {})
+        host_header = f"[{host}]" if ":" in host else host
+        headers["Host"] = host_header if port is None else f"{host_header}:{port}"
+        request.headers = headers
+        if scheme == "https":
+            # Verify the certificate and send SNI for the name, not the pinned IP.
+            pool_kwargs["assert_hostname"] = host
+            pool_kwargs["server_hostname"] = host
+        host_params["host"] = str(address)
+        return host_params, pool_kwargs
+
+    def get_connection(self, url: str, proxies: Any = None) -> Any:
+        # The deprecated path skips build_connection_pool_key_attributes, i.e. the guard.
+        raise NotImplementedError("GuardedAdapter only supports get_connection_with_tls_context")

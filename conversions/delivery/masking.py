@@ -1,0 +1,129 @@
+"""Secrets out of URLs and messages before they are stored or logged.
+
+Attempt rows and logs are read by more people than the postback's owner, so the password
+in userinfo, the values of parameters that look like credentials and the postback's own
+signing secret are replaced with `***`. The rest of the URL is kept byte for byte, so an
+operator still sees what was sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import quote, quote_plus, unquote_plus, urlsplit, urlunsplit
+
+MASK = "***"
+
+SECRET_PARAM_NAMES: frozenset[str] = frozenset(
+    {
+        "token",
+        "key",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "sig",
+        "signature",
+        "auth",
+        "apikey",
+        "api_key",
+        "access_token",
+        "hash",
+    }
+)
+# Suffixes that make a longer name secret too: `client_secret`, `xAuthToken`, `x-api-key`.
+_SECRET_SUFFIXES = ("token", "secret", "password", "apikey", "signature")
+
+# `name=value` inside free text (error messages quote URLs).
+_PARAM_IN_TEXT = re.compile(
+    r"(?P<name>[A-Za-z0-9_.\-\[\]]+)=(?P<quote>['\"]?)(?P<value>[^&\s'\"#;,)]*)"
+)
+_USERINFO_IN_TEXT = re.compile(r"(//[^/\s:@]*):([^/\s@]*)@")
+
+
+def is_secret_param(name: str) -> bool:
+    normalized = unquote_plus(name).strip().lower()
+    if normalized in SECRET_PARAM_NAMES:
+        return True
+    parts = [p for p in re.split(r"[^a-z0-9]+", normalized) if p]
+    if any(p in SECRET_PARAM_NAMES for p in parts):
+        return True
+    compact = "".join(parts)
+    return compact in SECRET_PARAM_NAMES or compact.endswith(_SECRET_SUFFIXES)
+
+
+def mask_url(url: str, *, secrets: Iterable[str] = ()) -> str:
+    """The URL with credentials replaced by `***`; never raises."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            if ":" in userinfo:
+                user = userinfo.split(":", 1)[0]
+                netloc = f"{user}:{MASK}@{hostport}"
+        masked = urlunsplit(
+            (
+                parts.scheme,
+                netloc,
+                parts.path,
+                _mask_params(parts.query),
+                _mask_params(parts.fragment),
+            )
+        )
+    except ValueError:
+        masked = mask_text(url)
+    return _mask_literals(masked, secrets)
+
+
+def mask_text(text: str, *, secrets: Iterable[str] = ()) -> str:
+    """Free text (an error message) with URL-ish credentials and given secrets masked."""
+
+    def param(match: re.Match[str]) -> str:
+        if is_secret_param(match.group("name")) and match.group("value"):
+            return f"{match.group('name')}={match.group('quote')}{MASK}"
+        return match.group(0)
+
+    text = _USERINFO_IN_TEXT.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
+    return _mask_literals(_PARAM_IN_TEXT.sub(param, text), secrets)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret values inside a URL, so messages quoting it can be masked too."""
+    found: list[str] = []
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            found.append(parts.password)
+    except ValueError:
+        return found
+    for piece in (parts.query + "&" + parts.fragment).split("&"):
+        name, sep, value = piece.partition("=")
+        if sep and value and is_secret_param(name):
+            found.append(value)
+            found.append(unquote_plus(value))
+    return found
+
+
+def _mask_params(query: str) -> str:
+    if not query:
+        return query
+    pieces = []
+    for piece in query.split("&"):
+        name, sep, value = piece.partition("=")
+        if sep and value and is_secret_param(name):
+            piece = f"{name}={MASK}"
+        pieces.append(piece)
+    return "&".join(pieces)
+
+
+def _mask_literals(text: str, secrets: Iterable[str]) -> str:
+    # Longest first, so a secret that contains another is masked whole.
+    forms: set[str] = set()
+    for secret in secrets:
+        if secret:
+            forms.update({secret, quote(secret, safe=""), quote_plus(secret)})
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, MASK)
+    return text
