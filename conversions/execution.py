@@ -9,10 +9,8 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from django.utils import timezone
-
 from conversions.delivery.engine import AttemptLog, DeliveryEngine, Job
-from conversions.delivery.transport import AttemptOutcome, prepare_postback
+from conversions.delivery.transport import prepare_postback
 from conversions.models import (
     Conversion,
     DeliveryAttempt,
@@ -192,7 +190,9 @@ class RunExecutor:
             return {}
         rows = DeliveryAttempt.objects.filter(
             run=self.run, conversion_id__in=conversion_ids, final=True
-        ).values_list("conversion_id", "postback_id", "delivered", "status_code", "attempt_number", "error")
+        ).values_list(
+            "conversion_id", "postback_id", "delivered", "status_code", "attempt_number", "error"
+        )
         return {
             (conversion_id, postback_id): PairResult(
                 postback_id,
@@ -280,17 +280,3 @@ class RunExecutor:
         if self.progress is not None:
             self.progress(self.recorder.counts)
 
-
-def invalid_outcome(detail: str) -> AttemptOutcome:
-    return AttemptOutcome(
-        status_code=None,
-        error="invalid_url",
-        error_detail=detail[:200],
-        duration_ms=0,
-        response_excerpt="",
-        retry_after=None,
-    )
-
-
-def now_log(outcome: AttemptOutcome) -> AttemptLog:
-    return AttemptLog(1, outcome, timezone.now())

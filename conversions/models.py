@@ -150,7 +150,9 @@ class Conversion(TimestampedModel):
     # the id tie-breaker, so the plain FK indexes would only duplicate them.
     account = models.ForeignKey(Account, on_delete=models.CASCADE, db_index=False)
     affiliate = models.ForeignKey(Affiliate, on_delete=models.CASCADE, db_index=False)
-    brand = models.ForeignKey(Brand, on_delete=models.SET_NULL, null=True, blank=True, db_index=False)
+    brand = models.ForeignKey(
+        Brand, on_delete=models.SET_NULL, null=True, blank=True, db_index=False
+    )
     traffic_source = models.ForeignKey(
         TrafficSource, on_delete=models.SET_NULL, null=True, blank=True, db_index=False
     )
@@ -310,6 +312,9 @@ class RetriggerChunk(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "seq"], name="chunk_run_seq_unique")]
         indexes = [models.Index(fields=["run", "status"], name="chunk_run_status_idx")]
 
+    def __str__(self) -> str:
+        return f"Chunk {self.seq} of run {self.run_id} ({self.status})"
+
 
 class RunItem(models.Model):
     """One conversion counted in a run, with its outcome.
@@ -334,6 +339,9 @@ class RunItem(models.Model):
         ]
         indexes = [models.Index(fields=["conversion", "-id"], name="run_item_last_idx")]
 
+    def __str__(self) -> str:
+        return f"Conversion {self.conversion_id} in run {self.run_id}: {self.outcome}"
+
 
 class DeliveryClaim(models.Model):
     """A (conversion, postback) pair being fired right now: never twice at once."""
@@ -347,6 +355,9 @@ class DeliveryClaim(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["conversion", "postback"], name="claim_pair_unique")
         ]
+
+    def __str__(self) -> str:
+        return f"Claim of {self.conversion_id}/{self.postback_id} by run {self.run_id}"
 
 
 class DeliveryAttempt(models.Model):
@@ -410,3 +421,6 @@ class IdempotencyRecord(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["user", "key"], name="idempotency_user_key_unique")
         ]
+
+    def __str__(self) -> str:
+        return f"Idempotency key {self.key[:20]} of user {self.user_id}"

@@ -203,10 +203,8 @@ def _run_create(
         ),
     )
     pending: list[RetriggerChunk] = []
-    seq = 0
-    for ids in _id_batches(selection):
+    for seq, ids in enumerate(_id_batches(selection)):
         pending.append(RetriggerChunk(run=run, seq=seq, conversion_ids=ids))
-        seq += 1
         if len(pending) >= 20:
             RetriggerChunk.objects.bulk_create(pending)
             pending = []
@@ -222,6 +220,22 @@ def _run_create(
 
 
 # -- workers ---------------------------------------------------------------------------
+#
+# Exactly once, and what a crash can cost. A pair (conversion, postback) of a run is
+# fired by the worker holding its chunk, and its outcome is written, with its attempts,
+# by the next flush (every WORKER_FLUSH_SECONDS; attempts, counted conversions and
+# counters in one transaction). A worker that takes a chunk over after a crash skips
+# every conversion counted in `RunItem` and reuses every pair with a final attempt of
+# this run, so nothing recorded is fired again. What the dead worker had sent but not
+# yet recorded (requests in the air, answers of the last flush interval) is fired again
+# with the same `{event_id}`: the only possible duplicates, which a receiver can drop.
+# The run's `DeliveryClaim` rows outlive the crash, so no other run fires those pairs
+# in the meantime (`in_progress`).
+
+WORKER_FLUSH_SECONDS = 0.1
+CLAIM_CANDIDATES = 5
+# Seconds after which a run that never finished planning is failed by the sweeper.
+PLANNING_ABANDONED_AFTER = 3600
 
 
 def worker_name() -> str:
@@ -236,6 +250,8 @@ def run_work(
     progress: Callable[[RunCounts], None] | None = None,
 ) -> list | None:
     """Claim and process chunks of `run` until none is left; finish the run if last."""
+    from conversions.delivery.engine import DeliveryEngine
+
     if not _run_start(run):
         return [] if keep_results else None
     worker = worker_name()
@@ -248,11 +264,16 @@ def run_work(
         keep_results=keep_results,
         recorder=recorder,
         progress=progress,
+        # Short flushes keep the window of fired-but-unrecorded pairs (what a crash can
+        # fire twice) small; each flush is one small transaction.
+        engine=DeliveryEngine(tick=WORKER_FLUSH_SECONDS),
     )
     try:
         results = executor.execute(_claimed_batches(run, worker, executor))
     except Exception as exc:
         logger.exception("run %s failed", run.pk)
+        # The other workers of the run stop at their next flush, as on a cancel.
+        RetriggerRun.objects.filter(pk=run.pk).update(cancel_requested=True)
         _run_finish(run, RetriggerRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
     if executor.cancelled:
@@ -284,26 +305,34 @@ def _claimed_batches(run: RetriggerRun, worker: str, executor: RunExecutor) -> I
 def _chunk_claim(run: RetriggerRun, worker: str) -> RetriggerChunk | None:
     """Take the next pending chunk, or one whose worker stopped beating.
 
-    A compare-and-set update, so it works the same on SQLite and PostgreSQL and two
-    workers never take the same chunk.
+    A compare-and-set update on (status, heartbeat), so it works the same on SQLite and
+    PostgreSQL and two workers never take the same chunk. Losing every candidate to
+    other workers means they made progress: look again rather than give up while
+    claimable chunks are left.
     """
-    stale_before = timezone.now() - timedelta(seconds=settings.RETRIGGER_HEARTBEAT_STALE)
-    claimable = run.chunks.filter(
-        Q(status=RetriggerChunk.Status.PENDING)
-        | (
-            Q(status=RetriggerChunk.Status.RUNNING)
-            & (Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True))
-            & ~Q(worker=worker)
-        )
-    ).order_by("seq")
-    for chunk in claimable[:5]:
-        taken = RetriggerChunk.objects.filter(
-            pk=chunk.pk, status=chunk.status, heartbeat_at=chunk.heartbeat_at
-        ).update(status=RetriggerChunk.Status.RUNNING, worker=worker, heartbeat_at=timezone.now())
-        if taken:
-            chunk.refresh_from_db()
-            return chunk
-    return None
+    while True:
+        stale_before = timezone.now() - timedelta(seconds=settings.RETRIGGER_HEARTBEAT_STALE)
+        claimable = run.chunks.filter(
+            Q(status=RetriggerChunk.Status.PENDING)
+            | (
+                Q(status=RetriggerChunk.Status.RUNNING)
+                & (Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True))
+                & ~Q(worker=worker)
+            )
+        ).order_by("seq")
+        candidates = list(claimable.only("pk", "status", "heartbeat_at")[:CLAIM_CANDIDATES])
+        if not candidates:
+            return None
+        for chunk in candidates:
+            taken = RetriggerChunk.objects.filter(
+                pk=chunk.pk, status=chunk.status, heartbeat_at=chunk.heartbeat_at
+            ).update(
+                status=RetriggerChunk.Status.RUNNING, worker=worker, heartbeat_at=timezone.now()
+            )
+            if taken:
+                if chunk.status == RetriggerChunk.Status.RUNNING:
+                    logger.warning("run %s: taking over chunk %s", run.pk, chunk.pk)
+                return RetriggerChunk.objects.get(pk=chunk.pk)
 
 
 def _run_finish(run: RetriggerRun, status: str, *, error: str = "") -> None:
@@ -349,18 +378,40 @@ def run_cancel(*, run: RetriggerRun, actor: Actor) -> RetriggerRun:
 
 
 def runs_recover_stale() -> list[int]:
-    """Re-enqueue workers for runs whose every worker stopped beating (a crash)."""
-    from conversions.tasks import enqueue_run_workers
+    """Re-enqueue workers for runs whose every worker stopped beating (a crash).
 
-    stale_before = timezone.now() - timedelta(seconds=settings.RETRIGGER_HEARTBEAT_STALE)
-    stale = RetriggerRun.objects.filter(
-        Q(status=RetriggerRun.Status.RUNNING, heartbeat_at__lt=stale_before)
-        | Q(status=RetriggerRun.Status.QUEUED, created_at__lt=stale_before),
-        planned=True,
+    Called every few seconds by every worker process (`tasks.stale_run_sweeper`). A run
+    is stale when nothing beat its heartbeat for `RETRIGGER_HEARTBEAT_STALE` seconds:
+    running with all its workers dead, or queued with its tasks lost. A run whose
+    worker tasks are still waiting in the queue is left alone (they will take it), so a
+    busy queue does not fill up with copies. The heartbeat is bumped by compare-and-set
+    first, so of several sweepers only one enqueues for a given run.
+    """
+    from conversions.tasks import enqueue_run_workers, run_workers_waiting
+
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=settings.RETRIGGER_HEARTBEAT_STALE)
+    # A run still unplanned long after it was created lost the process that planned it.
+    RetriggerRun.objects.filter(
+        status=RetriggerRun.Status.QUEUED,
+        planned=False,
+        created_at__lt=now - timedelta(seconds=PLANNING_ABANDONED_AFTER),
+    ).update(
+        status=RetriggerRun.Status.FAILED,
+        finished_at=now,
+        error="The process planning this run stopped before it finished.",
     )
+    beat_is_stale = Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale_before)
+    stale = RetriggerRun.objects.filter(
+        Q(status=RetriggerRun.Status.RUNNING)
+        | Q(status=RetriggerRun.Status.QUEUED, created_at__lt=stale_before),
+        beat_is_stale,
+        planned=True,
+    ).only("pk", "heartbeat_at")
     recovered = []
     for run in stale:
-        # Beat once so that only one recovering worker enqueues for this run.
+        if run_workers_waiting(run.pk):
+            continue
         claimed = RetriggerRun.objects.filter(pk=run.pk, heartbeat_at=run.heartbeat_at).update(
             heartbeat_at=timezone.now()
         )

@@ -82,7 +82,7 @@ class Command(BaseCommand):
                 force=options["force"],
                 dry_run=options["dry_run"],
                 source=RetriggerRun.Source.COMMAND,
-                background=True if options["background"] else False,
+                background=bool(options["background"]),
                 keep_results=options["json"],
                 progress=progress,
             )
