@@ -174,6 +174,7 @@ class Conversion(TimestampedModel):
         ordering = ["id"]
         indexes = [
             models.Index(fields=["click_id", "id"], name="conv_click_id_idx"),
+            models.Index(fields=["transaction_id", "id"], name="conv_txn_id_idx"),
             models.Index(fields=["account", "id"], name="conv_account_id_idx"),
             models.Index(fields=["account", "converted_at", "id"], name="conv_account_date_idx"),
             models.Index(fields=["affiliate", "id"], name="conv_affiliate_id_idx"),

@@ -129,6 +129,8 @@ if TASKS_BACKEND == "rq":
     INSTALLED_APPS += ["django_rq", "django_tasks_rq"]
     TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default"]}}
     RQ_QUEUES = {"default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 24 * 3600}}
+    # django-tasks-rq's job class, so a plain `manage.py rqworker default` runs our tasks.
+    RQ = {"JOB_CLASS": "django_tasks_rq.Job"}
 elif TASKS_BACKEND == "immediate":
     TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
 else:
@@ -166,6 +168,7 @@ RETRIGGER_CHUNK_SIZE = env_int("RETRIGGER_CHUNK_SIZE", 500)
 RETRIGGER_WORKERS_PER_RUN = env_int("RETRIGGER_WORKERS_PER_RUN", 4)
 RETRIGGER_HEARTBEAT_STALE = env_float("RETRIGGER_HEARTBEAT_STALE", 30.0)
 RETRIGGER_IDEMPOTENCY_TTL = env_int("RETRIGGER_IDEMPOTENCY_TTL", 24 * 3600)
+RETRIGGER_ADMIN_PREVIEW_MAX = env_int("RETRIGGER_ADMIN_PREVIEW_MAX", 1000)
 
 POSTBACK_HOST_CONCURRENCY = env_int("POSTBACK_HOST_CONCURRENCY", 8)
 POSTBACK_MAX_WORKERS = env_int("POSTBACK_MAX_WORKERS", 64)
