@@ -2,27 +2,51 @@
 
 import json
 
+from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
+from conversions.api.errors import PayloadTooLarge
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json`, `text/json` or `application/<anything>+json`, any parameters."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in ("application/json", "text/json"):
+        return True
+    kind, _, subtype = media_type.partition("/")
+    return kind == "application" and subtype.endswith("+json") and len(subtype) > len("+json")
+
 
 class JSONObjectParser(BaseParser):
-    """`application/json`, `text/json` and `application/*+json`.
+    """Decodes UTF-8 JSON, refusing NaN/Infinity and bodies over the upload limit.
 
-    DRF matches `media_type` with wildcards, so `application/*+json` is handled by
-    `accepts_media_type` below rather than by the plain attribute.
+    DRF's own media-type matching has no `+json` suffix wildcard, so the content
+    negotiation asks `accepts()` instead of comparing `media_type`.
     """
 
     media_type = "application/json"
-    extra_media_types = ("text/json",)
+
+    @staticmethod
+    def accepts(content_type: str) -> bool:
+        return is_json_media_type(content_type)
 
     def parse(self, stream, media_type=None, parser_context=None):
-        raw = stream.read() if stream is not None else b""
+        # Read one byte past the limit: enough to know it is too large, never more.
+        cap = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raw = stream.read(cap + 1 if cap is not None else -1) if stream is not None else b""
+        if cap is not None and len(raw) > cap:
+            raise PayloadTooLarge()
         if not raw.strip():
             return {}
         try:
             return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise ParseError("Malformed JSON: the body is not valid UTF-8.") from exc
+        except RecursionError as exc:
+            raise ParseError("Malformed JSON: nested too deeply.") from exc
+        except ValueError as exc:
+            # json's messages name a position, never a value: safe to show.
             raise ParseError(f"Malformed JSON: {exc}") from exc
 
 
