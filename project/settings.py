@@ -120,6 +120,23 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "static"
 
+# --- Cache (throttle counters, idempotency races) ----------------------------------------------
+# Shared by every server process: the database by default, Redis with CACHE_URL=redis://...
+CACHE_URL = env_str("CACHE_URL", "")
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    }
+elif CACHE_URL.startswith("locmem://"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "django_cache",
+        }
+    }
+
 # --- Background work -------------------------------------------------------------------
 # `TASKS_BACKEND=rq` moves the same tasks onto RQ/Redis (scale-out across machines);
 # the default is the database backend, whose worker is `manage.py db_worker`.
@@ -151,6 +168,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "conversions.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # The API refuses unknown query parameters; `?format=` must not switch renderers.
+    "URL_FORMAT_OVERRIDE": None,
 }
 
 SPECTACULAR_SETTINGS = {
