@@ -19,7 +19,7 @@ from conversions.models import (
     RunItem,
     SkipReason,
 )
-from conversions.recording import FinishedPair, RunRecorder
+from conversions.recording import FinishedPair, FlushSignal, RunRecorder
 from conversions.results import ConversionResult, Outcome, PairResult, RunCounts
 from conversions.skips import PlannedConversion, PostbackDirectory, plan_batch
 
@@ -61,6 +61,7 @@ class RunExecutor:
         self.progress = progress
         self.engine = engine
         self.cancelled = False
+        self.lost = False  # another worker took one of our chunks over
         self._directory = PostbackDirectory()
         self._tracked: dict[int, _Tracked] = {}
         self._chunk_left: dict[int, int] = {}
@@ -80,9 +81,9 @@ class RunExecutor:
                 self._jobs(batches),
                 on_done=self._pair_done,
                 on_tick=self._tick,
-                should_stop=lambda: self.cancelled,
+                should_stop=lambda: self.cancelled or self.lost,
             )
-            if self.cancelled:
+            if self.cancelled and not self.lost:
                 self._count_partly_fired()
         self._tick()
         if not self.keep_results:
@@ -93,7 +94,7 @@ class RunExecutor:
 
     def _jobs(self, batches: Iterable[Batch]) -> Iterator[Job]:
         for batch in batches:
-            if self.cancelled:
+            if self.cancelled or self.lost:
                 return
             if batch.chunk_id is not None:
                 self._active_chunks.append(batch.chunk_id)
@@ -274,9 +275,22 @@ class RunExecutor:
                 tracked.pending = 0
                 self._complete(tracked)
 
+    def release_claims(self) -> None:
+        """Drop the claims of conversions this worker started but will not count.
+
+        Only this worker's own conversions (its chunks) are touched, so claims of pairs
+        other workers of the run still have in flight stay until those finish.
+        """
+        if self.run is not None and self._tracked and not self.lost:
+            uncounted = list(self._tracked)
+            DeliveryClaim.objects.filter(run=self.run, conversion_id__in=uncounted).delete()
+
     def _tick(self) -> None:
-        if self.recorder.flush(chunk_ids=list(self._active_chunks)):
+        signal = self.recorder.flush(chunk_ids=list(self._active_chunks))
+        if signal == FlushSignal.CANCEL:
             self.cancelled = True
+        elif signal == FlushSignal.LOST:
+            self.lost = True
         if self.progress is not None:
             self.progress(self.recorder.counts)
 

@@ -5,6 +5,7 @@ over after a crash sees either all of a conversion's bookkeeping or none of it.
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from django.db import transaction
@@ -37,6 +38,14 @@ class FinishedPair:
     attempts: list[AttemptLog]
 
 
+class FlushSignal:
+    """What a flush tells the worker: go on, stop (cancel), or stop (chunk lost)."""
+
+    CONTINUE = "continue"
+    CANCEL = "cancel"
+    LOST = "lost"
+
+
 @dataclass
 class RunRecorder:
     """Buffers what a worker finished and writes it in one transaction per flush."""
@@ -45,8 +54,7 @@ class RunRecorder:
     worker: str = ""
     counts: RunCounts = field(default_factory=RunCounts)  # totals seen by this recorder
     _pairs: list[FinishedPair] = field(default_factory=list)
-    _items: list[RunItem] = field(default_factory=list)
-    _delta: RunCounts = field(default_factory=RunCounts)
+    _items: list[tuple[RunItem, RunCounts]] = field(default_factory=list)
     _done_chunks: list[int] = field(default_factory=list)
 
     def pair_finished(self, pair: FinishedPair) -> None:
@@ -54,32 +62,48 @@ class RunRecorder:
 
     def conversion_counted(self, conversion_id: int, outcome: str, delta: RunCounts) -> None:
         self.counts.add(delta)
-        self._delta.add(delta)
-        if self.run is not None:
-            self._items.append(RunItem(run=self.run, conversion_id=conversion_id, outcome=outcome))
+        item = RunItem(run=self.run, conversion_id=conversion_id, outcome=outcome)
+        self._items.append((item, delta))
 
     def chunk_done(self, chunk_id: int) -> None:
         self._done_chunks.append(chunk_id)
 
-    def flush(self, *, chunk_ids: list[int] = ()) -> bool:
-        """Write what is buffered and beat the heartbeat; True if a cancel was requested."""
+    def flush(self, *, chunk_ids: Sequence[int] = ()) -> str:
+        """Write what is buffered and beat the heartbeat; returns a `FlushSignal`.
+
+        If another worker took one of our chunks over (we stalled past the heartbeat
+        limit), nothing is written: that worker now owns those conversions, and two
+        workers must never count the same conversion.
+        """
         if self.run is None:
             self._reset()
-            return False
+            return FlushSignal.CONTINUE
         now = timezone.now()
         with transaction.atomic():
+            held = set(chunk_ids) | set(self._done_chunks)
+            if held and self.worker:
+                mine = RetriggerChunk.objects.filter(pk__in=held, worker=self.worker).count()
+                if mine < len(held):
+                    logger.warning("run %s: a chunk of %s was taken over", self.run.pk, self.worker)
+                    self._reset()
+                    return FlushSignal.LOST
             if self._pairs:
-                DeliveryAttempt.objects.bulk_create(
-                    self._attempt_rows(now), batch_size=500
-                )
+                DeliveryAttempt.objects.bulk_create(self._attempt_rows(now), batch_size=500)
+            delta = RunCounts()
             if self._items:
-                RunItem.objects.bulk_create(self._items, batch_size=500, ignore_conflicts=True)
+                ids = [item.conversion_id for item, _ in self._items]
+                counted = set(
+                    RunItem.objects.filter(run=self.run, conversion_id__in=ids).values_list(
+                        "conversion_id", flat=True
+                    )
+                )
+                new = [(item, d) for item, d in self._items if item.conversion_id not in counted]
+                RunItem.objects.bulk_create([item for item, _ in new], batch_size=500)
+                for _, item_delta in new:
+                    delta.add(item_delta)
                 # A pair's claim lives until its conversion is counted: a worker taking
                 # over after a crash then finds either the claim or the counted item.
-                DeliveryClaim.objects.filter(
-                    run=self.run, conversion_id__in=[item.conversion_id for item in self._items]
-                ).delete()
-            delta = self._delta
+                DeliveryClaim.objects.filter(run=self.run, conversion_id__in=ids).delete()
             updates = {"heartbeat_at": now}
             for name in ("processed", "retriggered", "delivered", "failed", "skipped"):
                 if value := getattr(delta, name):
@@ -96,7 +120,9 @@ class RunRecorder:
                     pk__in=chunk_ids, status=RetriggerChunk.Status.RUNNING
                 ).update(heartbeat_at=now)
         self._reset()
-        return RetriggerRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists()
+        if RetriggerRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+            return FlushSignal.CANCEL
+        return FlushSignal.CONTINUE
 
     def _attempt_rows(self, now) -> list[DeliveryAttempt]:
         rows = []
@@ -129,5 +155,4 @@ class RunRecorder:
     def _reset(self) -> None:
         self._pairs = []
         self._items = []
-        self._delta = RunCounts()
         self._done_chunks = []

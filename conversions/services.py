@@ -274,9 +274,14 @@ def run_work(
         logger.exception("run %s failed", run.pk)
         # The other workers of the run stop at their next flush, as on a cancel.
         RetriggerRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+        executor.release_claims()
         _run_finish(run, RetriggerRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
+    if executor.lost:
+        # Another worker owns our chunk now and finishes the run.
+        return results
     if executor.cancelled:
+        executor.release_claims()
         _run_finish(run, RetriggerRun.Status.CANCELLED)
     elif not run.chunks.exclude(status=RetriggerChunk.Status.DONE).exists():
         _run_finish(run, RetriggerRun.Status.COMPLETED)
@@ -340,7 +345,10 @@ def _run_finish(run: RetriggerRun, status: str, *, error: str = "") -> None:
         updated = RetriggerRun.objects.filter(
             pk=run.pk, status__in=[RetriggerRun.Status.QUEUED, RetriggerRun.Status.RUNNING]
         ).update(status=status, finished_at=timezone.now(), error=error[:2000])
-        if updated:
+        # Once every chunk is done nothing of this run is in flight; on a cancel or a
+        # failure each worker drops its own claims as it stops (see release_claims),
+        # so pairs a sibling still has in flight stay claimed until they finish.
+        if updated and status == RetriggerRun.Status.COMPLETED:
             DeliveryClaim.objects.filter(run=run).delete()
     run.refresh_from_db()
 
@@ -402,6 +410,11 @@ def runs_recover_stale() -> list[int]:
         error="The process planning this run stopped before it finished.",
     )
     beat_is_stale = Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale_before)
+    # Claims left by workers that died while their run was being cancelled or failed.
+    DeliveryClaim.objects.filter(
+        Q(run__heartbeat_at__isnull=True) | Q(run__heartbeat_at__lt=stale_before),
+        run__status__in=RetriggerRun.FINAL_STATUSES,
+    ).delete()
     stale = RetriggerRun.objects.filter(
         Q(status=RetriggerRun.Status.RUNNING)
         | Q(status=RetriggerRun.Status.QUEUED, created_at__lt=stale_before),
