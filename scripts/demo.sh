@@ -105,7 +105,7 @@ json_get() {  # json_get FILE KEY
 # --- 2. Database -----------------------------------------------------------------------
 say "2/6  Database migrations (${DATABASE_URL:+DATABASE_URL}${DATABASE_URL:-db.sqlite3})"
 "$PY" manage.py migrate --noinput -v 0
-echo "     up to date"
+echo "     schema ready"
 
 # --- 3. Receivers and demo data -----------------------------------------------------------
 say "3/6  Local postback receivers and demo data"
@@ -166,6 +166,14 @@ cat <<EOF
      API docs:  $BASE/api/docs/
 EOF
 
+# A worker that logged a traceback is a failure even when every API answer looked right
+# (for example a broken stale-run sweeper would only show there).
+if grep -q "Traceback" "$STATE/worker.log" "$STATE/server.log" 2>/dev/null; then
+    echo
+    echo "demo: a traceback was logged by the server or the worker:" >&2
+    grep -h -A 12 "Traceback" "$STATE/worker.log" "$STATE/server.log" | head -n 40 >&2 || true
+    [[ $status -ne 0 ]] || status=1
+fi
 if [[ $status -ne 0 ]]; then
     echo
     echo "demo: the API check failed (exit $status); last lines of the logs:" >&2
