@@ -7,19 +7,39 @@ views answer, so schema-driven testing sees the real contract.
 
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 
-from conversions.criteria import INT32_MAX, INT64_MAX, SORT_COLUMNS
+from conversions.criteria import INT32_MAX, INT64_MAX, MAX_LIST_ITEMS, SORT_COLUMNS
 
 
 def _ids(fmt: str, maximum: int, description: str) -> dict[str, Any]:
     return {
         "type": "array",
         "nullable": True,
+        "maxItems": MAX_LIST_ITEMS,
         "description": f"{description}. null = no filter; [] matches nothing.",
         "items": {"type": "integer", "format": fmt, "minimum": 1, "maximum": maximum},
     }
+
+
+def _sort_pattern() -> str:
+    """Exactly the sort expressions `criteria.parse_sort` reads: known columns in any
+    case (ECMA regexes have no case-insensitive flag, hence the letter classes), an
+    optional `-`, commas with optional spaces around. Only a repeated column, which the
+    pattern cannot express, is refused beyond it."""
+    names = "|".join(
+        "".join(f"[{c.lower()}{c.upper()}]" for c in name) for name in sorted(SORT_COLUMNS)
+    )
+    key = f" *-?(?:{names}) *"
+    return f"^$|^{key}(?:,{key})*$"
+
+
+def _max_limit() -> int:
+    # Read when the schema module is imported (after settings are configured), so the
+    # documented maximum is the deployment's own RETRIGGER_MAX_LIMIT.
+    return min(settings.RETRIGGER_MAX_LIMIT, INT32_MAX)
 
 
 def _date(description: str) -> dict[str, Any]:
@@ -42,6 +62,7 @@ CRITERIA_SCHEMA: dict[str, Any] = {
         "clickIds": {
             "type": "array",
             "nullable": True,
+            "maxItems": MAX_LIST_ITEMS,
             "description": "Click ids (UUIDs, any case). null = no filter; [] matches nothing.",
             "items": {"type": "string", "format": "uuid"},
         },
@@ -65,6 +86,7 @@ CRITERIA_SCHEMA: dict[str, Any] = {
             "format": "int32",
             "nullable": True,
             "minimum": 1,
+            "maximum": _max_limit(),
             "default": 100,
             "description": "At most RETRIGGER_MAX_LIMIT (default 100000).",
         },
@@ -72,7 +94,7 @@ CRITERIA_SCHEMA: dict[str, Any] = {
             "type": "string",
             "nullable": True,
             "default": "id",
-            "pattern": r"^$|^ *-?[A-Za-z]+ *(, *-?[A-Za-z]+ *)*$",
+            "pattern": _sort_pattern(),
             "description": (
                 "Comma-separated columns, each with an optional '-' for descending; "
                 f"case-insensitive: {', '.join(SORT_COLUMNS)}. `id` is always the last "

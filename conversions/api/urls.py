@@ -1,9 +1,14 @@
 """Routes under `api/`. Both slash forms of each path are accepted; only the
 slash-less one (the contract's spelling) is named and documented."""
 
-from django.urls import path
+from django.urls import path, re_path
 
-from conversions.api.views import RetriggerRunCancelView, RetriggerRunView, RetriggerView
+from conversions.api.views import (
+    RetriggerRunCancelView,
+    RetriggerRunView,
+    RetriggerView,
+    UnknownPathView,
+)
 
 
 def _both(route: str, view, name: str) -> list:
@@ -21,4 +26,6 @@ urlpatterns = [
         RetriggerRunCancelView,
         "retrigger-run-cancel",
     ),
+    # Last: anything else under conversions/ is a JSON 404 (api/schema/ stays reachable).
+    re_path(r"^conversions/", UnknownPathView.as_view(schema=None)),
 ]

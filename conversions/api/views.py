@@ -123,6 +123,10 @@ def _read_body(request: Request) -> ParseError | object:
     reported beside bad flags. A declared non-JSON type is a 415 even with an empty body
     (DRF alone would read that as `{}`)."""
     content_type = request.content_type or ""
+    if content_type == "text/plain" and not request.META.get("CONTENT_LENGTH", "0").strip("0"):
+        # wsgiref (runserver) reports a missing Content-Type as exactly "text/plain": an
+        # empty body without a type is `{}` there too, as the contract says.
+        content_type = ""
     if content_type.strip() and not is_json_media_type(content_type):
         raise UnsupportedMediaType(content_type.split(";", 1)[0].strip()[:100])
     try:
@@ -156,10 +160,12 @@ def _parse_input(request: Request, body: ParseError | object) -> _Input:
         except ValidationError as exc:
             _merge(errors, exc.detail)
     key = request.headers.get(idempotency.HEADER)
+    # A malformed key is bad input even on a dry run (the schema's pattern says so); a
+    # well-formed one is then ignored there.
+    if key_errors := idempotency.key_errors(key):
+        errors[idempotency.HEADER] = key_errors
     if flags.get("dryRun"):
         key = None
-    elif key_errors := idempotency.key_errors(key):
-        errors[idempotency.HEADER] = key_errors
     if errors:
         raise ValidationError(errors)
     assert criteria is not None
@@ -213,3 +219,14 @@ class RetriggerRunCancelView(_RunView):
         run = self._run(request, run_id)
         run = run_cancel(run=run, actor=actor_for_user(request.user))
         return Response(_run_detail(run))
+
+
+class UnknownPathView(_JSONAPIView):
+    """Every other path under `api/conversions/` (a run id that is not a number, a typo):
+    DRF's JSON 404 after the 401, never Django's HTML page."""
+
+    permission_classes = [IsAuthenticated]
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        raise NotFound()

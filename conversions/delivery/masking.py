@@ -8,6 +8,7 @@ operator still sees what was sent.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, unquote_plus, urlsplit, urlunsplit
@@ -127,3 +128,34 @@ def _mask_literals(text: str, secrets: Iterable[str]) -> str:
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, MASK)
     return text
+
+
+class MaskSecretsFilter(logging.Filter):
+    """Masks URL credentials in the records of a library logger we do not control.
+
+    urllib3 logs every request line, query string included, at DEBUG; with
+    `LOG_LEVEL=DEBUG` that would put postback tokens in the logs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+# The urllib3 loggers that quote request URLs. A filter on a logger sees only the records
+# logged to that logger itself, not its children's, hence each by name.
+URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry")
+
+
+def install_log_masking() -> None:
+    """Idempotent: attach one `MaskSecretsFilter` to each urllib3 logger."""
+    for name in URLLIB3_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(existing, MaskSecretsFilter) for existing in target.filters):
+            target.addFilter(MaskSecretsFilter())

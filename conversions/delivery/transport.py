@@ -45,11 +45,12 @@ from requests.utils import requote_uri
 
 from conversions.delivery import guard
 from conversions.delivery.macros import expand_url, macro_values
-from conversions.delivery.masking import mask_text, mask_url, url_secrets
+from conversions.delivery.masking import install_log_masking, mask_text, mask_url, url_secrets
 from conversions.delivery.retry import is_retryable, parse_retry_after
 from conversions.delivery.signing import sign
 
 logger = logging.getLogger(__name__)
+install_log_masking()  # urllib3 quotes request URLs in its DEBUG logs
 
 ERROR_DETAIL_MAX = 300
 _DEFAULT_PORTS = {"http": 80, "https": 443}
