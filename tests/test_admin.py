@@ -579,6 +579,239 @@ def test_filters_and_date_hierarchy(world, query):
     assert sorted(result_ids(response)) == sorted(expected)
 
 
+# --- a selection is never wider than asked ------------------------------------------------
+
+
+def _confirm_directly(client: Client, ids, *, url: str = CHANGELIST, select_across: bool = False):
+    """A crafted Confirm POST: the confirmation page's fields, without visiting the page."""
+    return client.post(
+        url,
+        {
+            "action": ACTION,
+            ACTION_CHECKBOX_NAME: [str(pk) for pk in ids],
+            "select_across": "1" if select_across else "0",
+            "post": "yes",
+            "force": "1",
+        },
+    )
+
+
+@pytest.fixture
+def their_refs(world):
+    """Another tenant's brand and traffic source; alice's only reference rows are her own."""
+    return {
+        "mine": world["mine"].pk,
+        "theirs": world["theirs"].pk,
+        "aff": world["aff"].pk,
+        "other_aff": world["other_aff"].pk,
+        "their_brand": f.make_brand(world["theirs"], name="Their brand").pk,
+        "their_source": f.make_traffic_source(world["theirs"], name="Their source").pk,
+        "missing_type": 987_654_321,
+    }
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "query",
+    [
+        "account__id__exact={theirs}",
+        "account__id__exact={theirs}&affiliate__id__exact={aff}",
+        "account__isnull=True",
+        "affiliate__id__exact={other_aff}",
+        "brand__id__exact={their_brand}",
+        "traffic_source__id__exact={their_source}",
+        "conversion_type__id__exact={missing_type}",
+    ],
+)
+def test_a_filter_with_a_single_choice_still_applies(world, their_refs, httpserver, query):
+    # Django drops a related filter whose sidebar has one choice (alice has one account,
+    # one affiliate, one conversion type), after taking its parameter: the list, and
+    # "select all" with it, then covered every row of hers.
+    url = f"{CHANGELIST}?" + query.format(**their_refs)
+    client = login(world["alice"])
+
+    listing = client.get(url)
+    assert listing.status_code == 200
+    assert result_ids(listing) == []
+    for send in (post_action, _confirm_directly):
+        response = send(client, [world["approved"].pk], url=url, select_across=True)
+        assert response.status_code == 302
+        assert messages_of(client.get(response["Location"])) == ["No conversions selected."]
+    assert not RetriggerRun.objects.exists()
+    assert httpserver.log == []
+
+
+@pytest.mark.django_db
+def test_own_single_choice_filters_still_select_their_rows(world, their_refs):
+    url = (
+        f"{CHANGELIST}?account__id__exact={world['mine'].pk}&affiliate__id__exact={world['aff'].pk}"
+    )
+
+    response = login(world["alice"]).get(url)
+
+    assert sorted(result_ids(response)) == sorted([world["approved"].pk, world["rejected"].pk])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "query",
+    [
+        "account__id__exact=abc",
+        "affiliate__id__exact=abc",
+        "brand__id__exact=abc",
+        "traffic_source__id__exact=abc",
+        "conversion_type__id__exact=abc",
+        "last_outcome=bogus",
+        "last_outcome=",
+        "converted_at__year=abc",
+        "converted_at__year=9999",
+        "converted_at__year=9999&converted_at__month=12",
+        "converted_at__year=2026&converted_at__month=13",
+    ],
+)
+def test_an_invalid_filter_value_is_refused_not_dropped(world, httpserver, query):
+    url = f"{CHANGELIST}?{query}"
+    client = login(world["alice"])
+
+    listing = client.get(url)
+    action = post_action(client, [world["approved"].pk], url=url, select_across=True)
+    confirm = _confirm_directly(client, [world["approved"].pk], url=url, select_across=True)
+
+    # Django's answer to an invalid lookup: back to the bare list with ?e=1.
+    for response in (listing, action, confirm):
+        assert response.status_code == 302
+        assert response["Location"] == f"{CHANGELIST}?e=1"
+    assert not RetriggerRun.objects.exists()
+    assert httpserver.log == []
+
+
+@pytest.mark.django_db
+def test_superuser_gets_the_same_answers(world, their_refs):
+    client = login(f.make_user("root", superuser=True))
+
+    unknown = client.get(f"{CHANGELIST}?last_outcome=bogus")
+    foreign = client.get(f"{CHANGELIST}?account__id__exact={world['theirs'].pk}")
+
+    assert unknown.status_code == 302 and unknown["Location"] == f"{CHANGELIST}?e=1"
+    assert result_ids(foreign) == [world["foreign"].pk]
+
+
+@pytest.mark.django_db
+def test_a_search_django_cannot_read_is_refused_not_dropped(world, httpserver):
+    # Django's search form rejects a NUL character, reports it and searches nothing: the
+    # list, and "select all" with it, then covered every row.
+    url = f"{CHANGELIST}?q=%00"
+    client = login(world["alice"])
+
+    listing = client.get(url)
+    action = post_action(client, [world["approved"].pk], url=url, select_across=True)
+
+    for response in (listing, action):
+        assert response.status_code == 302
+        assert response["Location"] == f"{CHANGELIST}?e=1"
+    assert not RetriggerRun.objects.exists()
+    assert httpserver.log == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "query", ["transaction_id=%00", "id__in=99999999999999999999999", "id__in=1,%00"]
+)
+def test_raw_lookups_the_database_cannot_take_are_refused_without_error(world, query):
+    url = f"{CHANGELIST}?{query}"
+    client = login(world["alice"])
+
+    listing = client.get(url)
+    action = post_action(client, [world["approved"].pk], url=url, select_across=True)
+
+    if listing.status_code == 200:  # PostgreSQL compares a too big id as a numeric
+        assert connection.vendor == "postgresql" and result_ids(listing) == []
+        assert messages_of(client.get(action["Location"])) == ["No conversions selected."]
+    else:
+        for response in (listing, action):
+            assert response.status_code == 302
+            assert response["Location"] == f"{CHANGELIST}?e=1"
+    assert not RetriggerRun.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_run_page_with_an_id_past_64_bits_is_not_found(world):
+    url = reverse("admin:conversions_retriggerrun_change", args=["99999999999999999999999"])
+
+    response = login(world["alice"]).get(url)
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:index")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "bad",
+    ["abc", "", "1.5", "99999999999999999999999", "9223372036854775808"],
+)
+@pytest.mark.parametrize("send", [post_action, _confirm_directly], ids=["action", "confirm"])
+def test_malformed_selected_ids_are_refused_without_error(world, httpserver, bad, send):
+    client = login(world["alice"])
+
+    response = send(client, [world["approved"].pk, bad])
+
+    assert response.status_code == 302
+    assert response["Location"] == CHANGELIST
+    assert messages_of(client.get(CHANGELIST)) == [
+        "The selection holds an invalid id; nothing was done."
+    ]
+    assert not RetriggerRun.objects.exists()
+    assert httpserver.log == []
+
+
+@pytest.mark.django_db
+def test_malformed_ids_are_refused_by_the_runs_cancel_action_too(world):
+    queued = RetriggerRun.objects.create(
+        created_by=world["alice"], actor="alice", source="admin", criteria={}
+    )
+    url = reverse("admin:conversions_retriggerrun_changelist")
+    client = login(world["alice"])
+
+    response = client.post(
+        url, {"action": "cancel_runs", ACTION_CHECKBOX_NAME: [str(queued.pk), "abc"], "index": "0"}
+    )
+
+    assert response.status_code == 302
+    queued.refresh_from_db()
+    assert queued.status == RetriggerRun.Status.QUEUED
+
+
+@pytest.mark.django_db
+def test_a_confirm_with_nothing_in_scope_creates_no_run(world, httpserver):
+    client = login(world["alice"])
+
+    response = _confirm_directly(client, [world["foreign"].pk])
+
+    assert response.status_code == 302
+    assert response["Location"] == CHANGELIST
+    assert messages_of(client.get(CHANGELIST)) == ["No conversions selected."]
+    assert not RetriggerRun.objects.exists()
+    assert httpserver.log == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_fires_nothing_says_so(world, httpserver):
+    client = login(world["alice"])
+    page = post_action(client, [world["rejected"].pk])
+
+    response = submit_confirmation(client, page)
+
+    run = RetriggerRun.objects.get()
+    assert (run.selected, run.delivered, run.failed, run.skipped) == (1, 0, 0, 1)
+    [message] = messages_of(client.get(response["Location"]))
+    run_url = reverse("admin:conversions_retriggerrun_change", args=[run.pk])
+    assert message == (
+        "Nothing was fired for 1 conversion: 1 skipped (rejected: 1). "
+        f'<a href="{run_url}">run #{run.pk}</a>.'
+    )
+    assert httpserver.log == []
+
+
 # --- runs and attempts --------------------------------------------------------------------
 
 
@@ -665,6 +898,29 @@ def test_attempt_filters(world, query, expected):
     response = login(world["alice"]).get(f"{url}?" + query.format(aff=world["aff"].pk))
 
     assert sorted(result_ids(response)) == sorted(made[name].pk for name in expected)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("outcome=bogus", "invalid"),
+        ("outcome=", "invalid"),
+        ("status_code=", []),
+        ("status_code=bogus", []),
+        ("affiliate__id__exact={other_aff}", []),
+    ],
+)
+def test_attempt_filters_never_widen(world, query, expected):
+    _attempt(world["approved"], delivered=True)
+    url = reverse("admin:conversions_deliveryattempt_changelist")
+
+    response = login(world["alice"]).get(f"{url}?" + query.format(other_aff=world["other_aff"].pk))
+
+    if expected == "invalid":
+        assert response.status_code == 302 and response["Location"] == f"{url}?e=1"
+    else:
+        assert response.status_code == 200 and result_ids(response) == expected
 
 
 @pytest.mark.django_db

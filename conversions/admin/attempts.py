@@ -7,11 +7,11 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from conversions.admin.scoping import ScopedModelAdmin, ScopedRelatedFilter
+from conversions.admin.scoping import ChoiceListFilter, ScopedModelAdmin, ScopedRelatedFilter
 from conversions.models import DeliveryAttempt, DeliveryClaim
 
 
-class AttemptOutcomeFilter(admin.SimpleListFilter):
+class AttemptOutcomeFilter(ChoiceListFilter):
     title = "outcome"
     parameter_name = "outcome"
 
@@ -28,9 +28,8 @@ class AttemptOutcomeFilter(admin.SimpleListFilter):
             ("retried", "Failed, retried"),
         ]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        q = self.CHOICES.get(self.value() or "")
-        return queryset if q is None else queryset.filter(q)
+    def filter(self, queryset: QuerySet, value: str) -> QuerySet:
+        return queryset.filter(self.CHOICES[value])
 
 
 class StatusCodeFilter(admin.SimpleListFilter):
@@ -48,7 +47,7 @@ class StatusCodeFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
-        if not value:
+        if value is None:
             return queryset
         if value == "none":
             return queryset.filter(status_code__isnull=True)

@@ -17,14 +17,19 @@ from django.utils.safestring import SafeString
 
 from conversions.admin import retrigger
 from conversions.admin.outcomes import LastOutcomeFilter, last_outcome_of, with_last_outcome
-from conversions.admin.scoping import ScopedModelAdmin, ScopedRelatedFilter, is_account_admin
+from conversions.admin.scoping import (
+    ScopedChangeList,
+    ScopedModelAdmin,
+    ScopedRelatedFilter,
+    is_account_admin,
+)
 from conversions.models import INT64_MAX, Conversion
 
 MAX_SEARCH_TERMS = 100
 _TERM_SPLIT = re.compile(r"[\s,]+")
 
 
-class ConversionChangeList(ChangeList):
+class ConversionChangeList(ScopedChangeList):
     def get_results(self, request: HttpRequest) -> None:
         # Annotate here rather than in get_queryset: the page's rows need the outcome,
         # the action's queryset (the same filters, built by get_queryset) does not.
@@ -73,7 +78,8 @@ class ConversionAdmin(ScopedModelAdmin):
     list_select_related = ("conversion_type", "account", "affiliate", "brand", "traffic_source")
     list_filter = (
         "status",
-        "conversion_type",
+        # Every related filter is scoped: it also applies when it has a single choice.
+        ("conversion_type", ScopedRelatedFilter),
         ("account", ScopedRelatedFilter),
         ("affiliate", ScopedRelatedFilter),
         ("brand", ScopedRelatedFilter),

@@ -5,13 +5,13 @@ The change list shows it per row; one correlated subquery per column (served by 
 instead of a query per row.
 """
 
-from django.contrib import admin
 from django.db.models import Exists, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.templatetags.static import static
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from conversions.admin.scoping import ChoiceListFilter
 from conversions.models import Conversion, DeliveryAttempt
 
 DELIVERED = "delivered"
@@ -80,13 +80,12 @@ def last_outcome_of(conversion: Conversion) -> SafeString:
     )
 
 
-class LastOutcomeFilter(admin.SimpleListFilter):
+class LastOutcomeFilter(ChoiceListFilter):
     title = "last delivery outcome"
     parameter_name = "last_outcome"
 
     def lookups(self, request: HttpRequest, model_admin) -> list[tuple[str, str]]:
         return [(DELIVERED, "Delivered"), (FAILED, "Failed"), (NEVER, "Never sent")]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        value = self.value()
-        return filter_last_outcome(queryset, value) if value else queryset
+    def filter(self, queryset: QuerySet, value: str) -> QuerySet:
+        return filter_last_outcome(queryset, value)

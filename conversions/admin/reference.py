@@ -77,7 +77,12 @@ class PostbackAdmin(ScopedModelAdmin):
         "masked_url",
     )
     list_select_related = ("affiliate", "conversion_type")
-    list_filter = ("is_active", "method", ("affiliate", ScopedRelatedFilter), "conversion_type")
+    list_filter = (
+        "is_active",
+        "method",
+        ("affiliate", ScopedRelatedFilter),
+        ("conversion_type", ScopedRelatedFilter),
+    )
     search_fields = ("=id", "=affiliate__id", "url")
     raw_id_fields = ("affiliate",)
 

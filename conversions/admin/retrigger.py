@@ -59,16 +59,23 @@ def retrigger_postbacks(modeladmin, request: HttpRequest, queryset: QuerySet):
     select_across = _flag(request, "select_across")
     force = _flag(request, "force")
     if request.POST.get("post") == "yes":
+        # A Confirm POST is checked as the first one is: ids outside the admin's scope
+        # are gone from the queryset, and nothing left means no run at all.
+        if not queryset.exists():
+            return _nothing_selected(modeladmin, request)
         info = admin_info(request, queryset, select_across=select_across)
         _run(modeladmin, request, queryset, force=force, info=info)
         return None  # Django redirects back to the change list, filters kept.
     count = queryset.count()
     if count == 0:
-        modeladmin.message_user(request, "No conversions selected.", messages.WARNING)
-        return None
+        return _nothing_selected(modeladmin, request)
     return _confirmation_page(
         modeladmin, request, queryset, count=count, select_across=select_across, force=force
     )
+
+
+def _nothing_selected(modeladmin, request: HttpRequest) -> None:
+    modeladmin.message_user(request, "No conversions selected.", messages.WARNING)
 
 
 def _service():
@@ -134,6 +141,16 @@ def summary_message(result: RetriggerResult, run_url: str | None) -> SafeString:
             "{} {} to re-trigger: running in the background. Follow {}.",
             counts.selected,
             ngettext("conversion", "conversions", counts.selected),
+            run_link,
+        )
+    if not (counts.delivered or counts.failed):
+        # Every conversion was skipped: say so rather than "re-triggered".
+        return format_html(
+            "Nothing was fired for {} {}: {} skipped{}. {}.",
+            counts.selected,
+            ngettext("conversion", "conversions", counts.selected),
+            counts.skipped,
+            _reasons_text(counts.skipped_by_reason),
             run_link,
         )
     return format_html(

@@ -16,7 +16,7 @@ from django.utils.safestring import SafeString
 
 from conversions.access import Actor, actor_for_user
 from conversions.admin.scoping import ScopedModelAdmin, account_scope, is_account_admin
-from conversions.models import DeliveryAttempt, RetriggerChunk, RetriggerRun, RunItem
+from conversions.models import INT64_MAX, DeliveryAttempt, RetriggerChunk, RetriggerRun, RunItem
 from conversions.results import ordered_reasons
 
 RECENT_ATTEMPTS = 20
@@ -146,10 +146,11 @@ class RetriggerRunAdmin(ScopedModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
     def _attempts_context(self, request: HttpRequest, object_id: str) -> dict:
+        valid_id = object_id.isascii() and object_id.isdigit() and int(object_id) <= INT64_MAX
         attempts = (
             DeliveryAttempt.objects.filter(run_id=object_id)
-            if object_id.isdigit()
-            else (DeliveryAttempt.objects.none())
+            if valid_id
+            else DeliveryAttempt.objects.none()
         )
         scope = account_scope(request)
         if scope is not None:

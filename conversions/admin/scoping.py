@@ -11,9 +11,17 @@ operator cannot grant a tenant's data by ticking a permission box:
 - everyone else (members, staff without an admin membership) sees nothing of the app.
 
 Detail pages go through `get_queryset`, so another account's object is simply not found.
+
+A change list never selects more than its query string asks for (an action with "select
+all" runs on that selection): a filter value it cannot apply, or a selected id that is no
+id, is refused rather than dropped. See `ScopedChangeList` and `response_action`.
 """
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import ValidationError
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
@@ -54,6 +62,49 @@ def scope_lookup(model: type[Model]) -> str | None:
     return None
 
 
+class ScopedChangeList(ChangeList):
+    """Django's change list, minus the cases where it quietly widens the selection.
+
+    Django ignores a search its form rejects (a NUL character), drops a related filter
+    whose sidebar would show one choice after taking its parameter out of the query
+    string (an admin of one account asking for `?account__id__exact=<another>`), and
+    raises a plain ValueError for a date hierarchy year it cannot bound (9999). The first
+    two would list, and let "select all" act on, every row in scope; here each is
+    Django's invalid-lookup answer instead (a redirect to `?e=1`), as are values the
+    database cannot take at all (a NUL, an integer past 64 bits on SQLite).
+    """
+
+    def __init__(self, request: HttpRequest, *args, **kwargs) -> None:
+        search = self.search_form_class(request.GET)
+        if not search.is_valid():
+            raise IncorrectLookupParameters(search.errors.as_text())
+        if any("\x00" in value for _, values in request.GET.lists() for value in values):
+            # No stored value holds a NUL, and PostgreSQL refuses one with a DataError.
+            raise IncorrectLookupParameters("NUL character in the query string")
+        super().__init__(request, *args, **kwargs)
+
+    def get_results(self, request: HttpRequest) -> None:
+        try:
+            super().get_results(request)
+        except OverflowError as exc:
+            # SQLite refuses an integer past 64 bits while binding it (nothing ran):
+            # `?id__in=99999999999999999999999`.
+            raise IncorrectLookupParameters(exc) from exc
+
+    def get_filters(self, request: HttpRequest):
+        try:
+            specs, has_filters, remaining, duplicates, active = super().get_filters(request)
+        except (ValueError, OverflowError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
+        applied = set(remaining).union(*(spec.expected_parameters() for spec in specs))
+        if self.date_hierarchy:
+            applied.update(f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day"))
+        dropped = sorted(set(self.get_filters_params()) - applied)
+        if dropped:
+            raise IncorrectLookupParameters(f"Filters that would not apply: {dropped}")
+        return specs, has_filters, remaining, duplicates, active
+
+
 class ScopedModelAdmin(admin.ModelAdmin):
     """Read-only for account admins, limited to their accounts; editable by superusers.
 
@@ -68,6 +119,30 @@ class ScopedModelAdmin(admin.ModelAdmin):
     superuser_only: bool = False
     editable: bool = False
     deletable: bool = False
+
+    def get_changelist(self, request: HttpRequest, **kwargs) -> type[ChangeList]:
+        return ScopedChangeList
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet, **kwargs):
+        # Django turns the ticked ids into `pk__in` as posted: a word raises ValueError,
+        # an id past the column's range OverflowError (SQLite), both a 500. A browser
+        # only posts ids it was shown, so anything else refuses the whole action.
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        if not all(map(self._is_valid_pk, selected)):
+            self.message_user(
+                request, "The selection holds an invalid id; nothing was done.", messages.ERROR
+            )
+            return None  # Django redirects back to the change list.
+        return super().response_action(request, queryset, **kwargs)
+
+    def _is_valid_pk(self, value: str) -> bool:
+        pk = self.model._meta.pk
+        try:
+            # The field's validators include the database's range for its column.
+            pk.run_validators(pk.to_python(value))
+        except ValidationError:
+            return False
+        return True
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         queryset = super().get_queryset(request)
@@ -110,8 +185,13 @@ class ScopedRelatedFilter(admin.RelatedFieldListFilter):
     """A related-object filter that offers only the viewer's accounts' objects.
 
     Django's own filter lists every row of the related table, which would show one
-    tenant the names of another's affiliates, brands and accounts.
+    tenant the names of another's affiliates, brands and accounts. Django also drops a
+    related filter with a single choice (`has_output`) after taking its parameter; in
+    use, this one always applies, so another account's id matches nothing.
     """
+
+    def has_output(self) -> bool:
+        return bool(self.used_parameters) or super().has_output()
 
     def field_choices(self, field, request: HttpRequest, model_admin) -> list[tuple]:
         related = field.related_model
@@ -124,3 +204,23 @@ class ScopedRelatedFilter(admin.RelatedFieldListFilter):
         if ordering:
             queryset = queryset.order_by(*ordering)
         return [(obj.pk, f"{obj} (#{obj.pk})") for obj in queryset]
+
+
+class ChoiceListFilter(admin.SimpleListFilter):
+    """A SimpleListFilter whose value must be one of its choices.
+
+    Django hands any value to `queryset()`, where the usual fall-through returns the
+    queryset unfiltered: `?last_outcome=bogus` would mean "all". Here an unknown value
+    is an invalid lookup (Django's redirect to `?e=1`). Subclasses implement `filter`.
+    """
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value is None:
+            return queryset
+        if value not in {str(choice) for choice, _ in self.lookup_choices}:
+            raise IncorrectLookupParameters(f"Unknown {self.parameter_name}: {value!r}")
+        return self.filter(queryset, value)
+
+    def filter(self, queryset: QuerySet, value: str) -> QuerySet:
+        raise NotImplementedError
