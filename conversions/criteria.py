@@ -303,6 +303,14 @@ def _parse_datetime(value: str, *, rounding: str = "floor", end_of_day: bool = F
         raise _Refusal("Not a valid date or date-time (out of range).") from exc
 
 
+def _exact_instant(value: str) -> tuple[datetime, str]:
+    """An already valid date key as (whole-microsecond floor, finer digits) for exact
+    comparison; a date alone counts as its first instant, like the filter."""
+    match = _DATETIME_RE.fullmatch(value)
+    finer = (match["fraction"] or "")[6:] if match and match["hour"] is not None else ""
+    return _parse_datetime(value, rounding="floor"), finer.rstrip("0")
+
+
 def _fraction(digits: str | None) -> tuple[int, bool]:
     """Microseconds, and whether finer digits were cut off."""
     if not digits:
@@ -413,7 +421,7 @@ def parse_criteria(data: object, *, max_limit: int | None = None) -> Criteria:
     if errors:
         raise ValidationError(errors)
     criteria = Criteria(**values)
-    _check_across_keys(criteria)
+    _check_across_keys(criteria, data)
     return criteria
 
 
@@ -423,11 +431,14 @@ def _unknown_key_message(key: str) -> str:
     return f"Unknown key.{hint} Allowed keys: {', '.join(CRITERIA_KEYS)}."
 
 
-def _check_across_keys(criteria: Criteria) -> None:
+def _check_across_keys(criteria: Criteria, data: dict) -> None:
     if (
         criteria.from_date is not None
         and criteria.to_date is not None
         and criteria.from_date > criteria.to_date
+        # Rounding to whole microseconds moves fromDate up and toDate down; equal
+        # instants finer than that are not "after" (they simply match nothing).
+        and _exact_instant(data["fromDate"]) > _exact_instant(data["toDate"])
     ):
         raise ValidationError({NON_FIELD: ["fromDate must not be after toDate."]})
     total = sum(len(getattr(criteria, attr) or ()) for attr, _ in _LIST_LOOKUPS)

@@ -200,7 +200,7 @@ class RunExecutor:
                 Outcome.DELIVERED if delivered else Outcome.FAILED,
                 status_code,
                 attempts,
-                None if delivered else (error or "http_status"),
+                None if delivered else public_error(error),
             )
             for conversion_id, postback_id, delivered, status_code, attempts, error in rows
         }
@@ -228,7 +228,7 @@ class RunExecutor:
                 Outcome.DELIVERED if last.delivered else Outcome.FAILED,
                 last.status_code,
                 len(attempts),
-                None if last.delivered else (last.error or "http_status"),
+                None if last.delivered else public_error(last.error),
             )
         )
         tracked.pending -= 1
@@ -294,3 +294,11 @@ class RunExecutor:
         if self.progress is not None:
             self.progress(self.recorder.counts)
 
+
+def public_error(code: str | None) -> str:
+    """The short code a result reports (contract §5). Attempts keep the finer
+    `invalid_url` with its detail; to a client it is a connection that could not be
+    made."""
+    if code == "invalid_url":
+        return "connection_error"
+    return code or "http_status"

@@ -132,9 +132,15 @@ class Postback(models.Model):
 
     def clean(self) -> None:
         # Imported here: the validator lives with the delivery code it protects.
+        from django.core.exceptions import ValidationError
+
         from conversions.delivery.validation import validate_postback_template
 
-        validate_postback_template(self.url)
+        try:
+            validate_postback_template(self.url)
+        except ValidationError as exc:
+            # On the field, so forms show it next to the URL.
+            raise ValidationError({"url": exc.error_list}) from exc
 
 
 class Conversion(TimestampedModel):

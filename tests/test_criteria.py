@@ -415,3 +415,25 @@ def test_nullable_sort_columns_place_nulls_like_postgresql():
     # then
     assert ascending.nulls_last and not ascending.nulls_first
     assert descending.nulls_first and not descending.nulls_last
+
+
+@pytest.mark.parametrize(
+    "from_date, to_date",
+    [
+        ("2026-12-01T00:00:00.0000001Z", "2026-12-01T00:00:00.0000001Z"),
+        ("2026-12-01T00:00:00.1234564Z", "2026-12-01T00:00:00.1234565Z"),
+    ],
+)
+def test_equal_or_ordered_instants_finer_than_a_microsecond_are_not_after(from_date, to_date):
+    criteria = parse_criteria({"fromDate": from_date, "toDate": to_date})
+
+    assert criteria.from_date is not None and criteria.to_date is not None
+
+
+def test_from_date_finer_than_a_microsecond_after_to_date_is_refused():
+    with pytest.raises(ValidationError) as error:
+        parse_criteria(
+            {"fromDate": "2026-12-01T00:00:00.0000002Z", "toDate": "2026-12-01T00:00:00.0000001Z"}
+        )
+
+    assert "non_field_errors" in error.value.detail

@@ -153,3 +153,32 @@ def test_full_clean_refuses_what_validation_refuses(url, ok):
 
     # then
     assert (errors == {}) is ok
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127\u30020\u30020\u30022:18080/a", "http://127\uff0e0\uff0e0\uff0e2/a"],
+)
+def test_look_alike_dots_are_judged_as_the_address_they_resolve_to(url):
+    # IDNA maps these dots to '.', so the host is 127.0.0.2 to any resolver.
+    with pytest.raises(ValidationError) as error:
+        validate_postback_template(url)
+
+    assert error.value.code == "blocked_address"
+
+
+def test_an_internationalised_name_is_accepted():
+    validate_postback_template("https://b\u00fccher.example/pb?c={click_id}")
+
+
+@pytest.mark.django_db
+def test_postback_full_clean_puts_the_error_on_the_url_field():
+    from conversions.models import Postback
+    from tests import factories as f
+
+    postback = Postback(affiliate=f.make_affiliate(f.make_account()), url="http://10.0.0.1/pb")
+
+    with pytest.raises(ValidationError) as error:
+        postback.full_clean()
+
+    assert list(error.value.message_dict) == ["url"]

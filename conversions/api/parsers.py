@@ -40,7 +40,9 @@ class JSONObjectParser(BaseParser):
         if not raw.strip():
             return {}
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            return json.loads(
+                raw.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int
+            )
         except UnicodeDecodeError as exc:
             raise ParseError("Malformed JSON: the body is not valid UTF-8.") from exc
         except RecursionError as exc:
@@ -48,6 +50,19 @@ class JSONObjectParser(BaseParser):
         except ValueError as exc:
             # json's messages name a position, never a value: safe to show.
             raise ParseError(f"Malformed JSON: {exc}") from exc
+
+
+# Any integer this long is far outside int64; past Python's own digit limit int() would
+# raise a message about interpreter settings instead of a range error naming the key.
+_MAX_INT_DIGITS = 40
+_OUT_OF_RANGE = 10**_MAX_INT_DIGITS
+
+
+def _parse_int(text: str) -> int:
+    digits = text.lstrip("-")
+    if len(digits) > _MAX_INT_DIGITS:
+        return -_OUT_OF_RANGE if text.startswith("-") else _OUT_OF_RANGE
+    return int(text)
 
 
 def _reject_constant(name: str):

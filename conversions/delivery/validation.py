@@ -59,6 +59,15 @@ def validate_postback_template(url: str) -> None:
         raise ValidationError("The URL has no host.", code="missing_host")
     if port == 0:
         raise ValidationError("Enter a valid port.", code="invalid")
+    if not host.isascii():
+        # IDNA maps look-alike dots (U+3002, U+FF0E, ...) to '.', so '127。0。0。2' is
+        # 127.0.0.2 to a resolver: judge the host in the form it would be looked up.
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValidationError(
+                "The host %(host)s is not valid.", code="invalid_host", params={"host": host}
+            ) from exc
 
     address = parse_host_literal(host)
     if address is None:
