@@ -44,9 +44,9 @@ def admin_account_ids(user: AbstractBaseUser | AnonymousUser | None) -> frozense
     if user.is_superuser:
         return None
     return frozenset(
-        AccountMembership.objects.filter(
-            user=user, role=AccountMembership.Role.ADMIN
-        ).values_list("account_id", flat=True)
+        AccountMembership.objects.filter(user=user, role=AccountMembership.Role.ADMIN).values_list(
+            "account_id", flat=True
+        )
     )
 
 

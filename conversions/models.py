@@ -63,9 +63,7 @@ class Brand(models.Model):
 
 class TrafficSource(models.Model):
     id = models.IntegerField(primary_key=True, validators=[MinValueValidator(1)])
-    account = models.ForeignKey(
-        Account, on_delete=models.CASCADE, related_name="traffic_sources"
-    )
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="traffic_sources")
     name = models.CharField(max_length=200)
 
     class Meta:

@@ -34,8 +34,16 @@ SCALAR_OPTIONS = {
     "limit": "limit",
     "sort": "sort",
 }
-INTEGER_KEYS = {"id", "affiliateId", "accountId", "conversionTypes", "brandIds", "trafficSourceId",
-                "offset", "limit"}
+INTEGER_KEYS = {
+    "id",
+    "affiliateId",
+    "accountId",
+    "conversionTypes",
+    "brandIds",
+    "trafficSourceId",
+    "offset",
+    "limit",
+}
 
 
 class Command(BaseCommand):
