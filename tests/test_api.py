@@ -1,9 +1,12 @@
 """`POST /api/conversions/retrigger` and the run endpoints over HTTP (contract section 5)."""
 
 import json
+import threading
+import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -864,8 +867,9 @@ def test_a_refused_request_releases_its_key(client, admin, account):
 
 
 @pytest.mark.django_db
-def test_a_key_still_being_processed_is_409(client, admin):
-    # given: another request holds the claim for the same body
+def test_a_key_still_being_processed_past_the_wait_is_409(client, admin, settings):
+    # given: another request holds the claim for the same body, and does not finish
+    settings.RETRIGGER_IDEMPOTENCY_WAIT = 0.3
     info = parse_criteria({}).to_info(force=False, dry_run=False)
     IdempotencyRecord.objects.create(
         user=admin, key="k-1", fingerprint=idempotency.fingerprint(info), status_code=0, response={}
@@ -876,6 +880,34 @@ def test_a_key_still_being_processed_is_409(client, admin):
 
     # then
     assert response.status_code == 409
+    assert not RetriggerRun.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_repeat_waits_for_the_first_answer_and_replays_it(client, admin, settings):
+    # given: another request holds the claim and stores its answer a moment later
+    settings.RETRIGGER_IDEMPOTENCY_WAIT = 10
+    info = parse_criteria({}).to_info(force=False, dry_run=False)
+    record = IdempotencyRecord.objects.create(
+        user=admin, key="k-1", fingerprint=idempotency.fingerprint(info), status_code=0, response={}
+    )
+    first_answer = {"info": info, "run": {"id": None, "status": "completed"}, "results": []}
+
+    def finish_first():
+        time.sleep(0.3)
+        idempotency.complete(record, status_code=200, document=first_answer, run_id=None)
+        connection.close()
+
+    worker = threading.Thread(target=finish_first)
+    worker.start()
+
+    # when
+    response = keyed(client, admin, {})
+    worker.join()
+
+    # then the first answer is replayed and nothing ran again
+    assert response.status_code == 200
+    assert response.json() == first_answer
     assert not RetriggerRun.objects.exists()
 
 

@@ -214,6 +214,7 @@ def test_every_answer_fits_its_documented_status_and_shape(
         status_code=0,
         response={},
     )
+    settings.RETRIGGER_IDEMPOTENCY_WAIT = 0
     record("409", _call(client, admin, body={"limit": 3}, **{"idempotency-key": "busy"}))
     settings.RETRIGGER_SYNC_MAX = 0
     queued = _call(client, admin, body={"sort": "-id"})

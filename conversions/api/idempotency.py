@@ -3,13 +3,15 @@ answer and fires nothing again; the same key with another body or flags is a 422
 
 The record is claimed *before* the service runs (the unique (user, key) constraint makes
 the claim atomic), so two identical requests racing each other never both fire: the
-second sees the claim and gets a 409 until the first has stored its answer. A request
-that ends in an error releases its claim, so the client may retry with the same key.
+second waits for the first to store its answer and replays it (a 409 only if the first
+is still running after `RETRIGGER_IDEMPOTENCY_WAIT` seconds). A request that ends in an error
+releases its claim, so the client may retry with the same key.
 """
 
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,6 +28,7 @@ HEADER = "Idempotency-Key"
 # Visible ASCII, as in the IETF draft's sf-string; the column holds 255 characters.
 _KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 PENDING = 0  # status_code of a claim whose first answer is not stored yet
+_POLL_SECONDS = 0.1
 
 
 class IdempotencyConflict(APIException):
@@ -71,14 +74,18 @@ def claim(*, user, key: str, fingerprint: str) -> IdempotencyRecord | Replay:
             )
     except IntegrityError:
         pass  # claimed before: replay it, or refuse
-    existing = IdempotencyRecord.objects.filter(user=user, key=key).first()
-    if existing is None:
-        raise IdempotencyConflict()  # released between our insert and this read
-    if existing.fingerprint != fingerprint:
-        raise IdempotencyMismatch()
-    if existing.status_code == PENDING:
-        raise IdempotencyConflict()
-    return Replay(existing.status_code, existing.response, existing.run_id)
+    deadline = time.monotonic() + settings.RETRIGGER_IDEMPOTENCY_WAIT
+    while True:
+        existing = IdempotencyRecord.objects.filter(user=user, key=key).first()
+        if existing is None:
+            raise IdempotencyConflict()  # released between our insert and this read
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyMismatch()
+        if existing.status_code != PENDING:
+            return Replay(existing.status_code, existing.response, existing.run_id)
+        if time.monotonic() >= deadline:
+            raise IdempotencyConflict()
+        time.sleep(_POLL_SECONDS)
 
 
 def complete(
