@@ -146,7 +146,8 @@ class RetriggerResult:
 
     @property
     def queued(self) -> bool:
-        return self.results is None
+        # A dry run keeps no results when asked not to, but is never queued.
+        return not self.dry_run and self.results is None
 
     def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {

@@ -61,6 +61,14 @@ def test_dry_run_sends_nothing(httpserver, world):
     assert len(httpserver.log) == 0 and not DeliveryAttempt.objects.exists()
 
 
+def test_dry_run_summary_without_json(httpserver, world):
+    output = run_command("--dry-run")
+
+    assert output.startswith("Dry run: matched 4, selected 4, would fire 4")
+    assert "Queued" not in output
+    assert len(httpserver.log) == 0
+
+
 def test_force_refires_delivered(httpserver, world):
     run_command()
     run_command("--force")
