@@ -157,3 +157,52 @@ def test_stop_leaves_unstarted_pairs_unfired():
 
     assert 3 <= len(started) < 10
     assert len(finished) == len(started)
+
+
+def test_a_retry_wait_holds_no_worker_thread():
+    # given one worker thread, a host that asks to retry later and a healthy host
+    order = []
+
+    def send(prepared, *, session):
+        order.append(prepared.event_id)
+        if prepared.host_key == "http://busy" and order.count(prepared.event_id) == 1:
+            return outcome(503, retry_after=0.3)
+        return outcome(200)
+
+    jobs = [Job("busy", prepared("busy", 0))]
+    jobs += [Job(("ok", n), prepared("ok", n)) for n in range(1, 6)]
+
+    # when
+    DeliveryEngine(config(max_workers=1, retry_cap=1.0), send=send).run(
+        jobs, on_done=lambda *_: None
+    )
+
+    # then the healthy host was served while the retry waited, on the only thread
+    assert order == ["e0", "e1", "e2", "e3", "e4", "e5", "e0"]
+
+
+def test_no_worker_thread_outlives_the_run():
+    before = threading.active_count()
+    jobs = [Job(n, prepared(f"h{n % 4}", n)) for n in range(40)]
+
+    DeliveryEngine(config(), send=lambda prepared, *, session: outcome(200)).run(
+        jobs, on_done=lambda *_: None
+    )
+
+    assert threading.active_count() == before
+
+
+def test_worker_threads_are_started_only_as_needed():
+    # given 16 allowed threads but one host with a cap of 2
+    names = set()
+
+    def send(prepared, *, session):
+        names.add(threading.current_thread().name)
+        time.sleep(0.005)
+        return outcome(200)
+
+    jobs = [Job(n, prepared("one", n)) for n in range(30)]
+
+    DeliveryEngine(config(host_concurrency=2), send=send).run(jobs, on_done=lambda *_: None)
+
+    assert len(names) <= 2

@@ -1,27 +1,35 @@
-"""Many postbacks at once: a thread pool, per-host caps and scheduled retries.
+"""Many postbacks at once: worker threads, per-host caps and scheduled retries.
 
 The calling thread is the scheduler. It pulls jobs lazily from an iterator (so a run over
 millions of conversions never sits in memory), hands at most
-`POSTBACK_HOST_CONCURRENCY` attempts per destination host to the pool at a time, and
+`POSTBACK_HOST_CONCURRENCY` attempts per destination host to the workers at a time, and
 parks retries in a time-ordered heap instead of sleeping in a worker thread, so a host
 that answers 503 with `Retry-After` holds no thread while the other hosts are served.
 
 All callbacks run in the calling thread, which is also the only thread that touches the
-database; the pool threads only do HTTP.
+database; the worker threads only do HTTP.
 
-One `requests.Session` is shared by the pool: its adapter keeps at most the host cap of
-connections per host (`pool_block`), which is what makes the cap hold for connections
-as well as for requests in flight.
+One `requests.Session` is shared by the workers: its adapter keeps at most the host cap
+of keep-alive connections per host, and the scheduler never has more than the cap in
+flight to one host, so the cap holds for connections as well as for requests.
+
+Why not `ThreadPoolExecutor` + `concurrent.futures.wait`: every `wait()` call locks and
+unlocks each pending future to install and remove its waiter, so with 64 attempts in
+flight each completion cost the scheduler about 130 lock operations while holding the
+GIL that the HTTP threads need. Here workers take attempts from one queue and put the
+outcomes on another (`queue.SimpleQueue`, a C-level lock each way), and worker threads
+are only started while every started one is busy.
 """
 
 import heapq
 import itertools
 import logging
+import queue
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -52,14 +60,12 @@ class AttemptLog:
     started_at: datetime
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     job: Job
+    host: str
     attempts: list[AttemptLog] = field(default_factory=list)
-
-    @property
-    def host(self) -> str:
-        return self.job.prepared.host_key
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,50 @@ class EngineSettings:
             retry_cap=settings.POSTBACK_RETRY_CAP,
             buffer=max(1000, max_workers * 50),
         )
+
+
+class _Workers:
+    """HTTP threads fed by one queue; outcomes come back on another."""
+
+    def __init__(self, size: int, send: Callable[..., AttemptOutcome], session) -> None:
+        self.size = size
+        self.send = send
+        self.session = session
+        self.todo: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[tuple[_Pending, AttemptOutcome]] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.idle = 0  # read and written by the scheduler thread only
+
+    def submit(self, pending: _Pending) -> None:
+        if self.idle == 0 and len(self.threads) < self.size:
+            thread = threading.Thread(
+                target=self._work, name=f"postback-{len(self.threads)}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
+        else:
+            self.idle -= 1
+        self.todo.put(pending)
+
+    def finished(self) -> None:
+        """One outcome was taken from `done`: its worker is free again."""
+        self.idle += 1
+
+    def _work(self) -> None:
+        send, session, todo, done = self.send, self.session, self.todo, self.done
+        while (pending := todo.get()) is not None:
+            try:
+                outcome = send(pending.job.prepared, session=session)
+            except Exception as exc:  # send_attempt never raises; this guards a bug in it
+                logger.exception("postback transport raised")
+                outcome = _internal_error(exc)
+            done.put((pending, outcome))
+
+    def stop(self) -> None:
+        for _ in self.threads:
+            self.todo.put(None)
+        for thread in self.threads:
+            thread.join()
 
 
 class DeliveryEngine:
@@ -116,106 +166,127 @@ class DeliveryEngine:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         cfg = self.config
+        clock = self.clock
+        cap = cfg.host_concurrency
         source: Iterator[Job] = iter(jobs)
         exhausted = False
         stopping = False
         ready: dict[str, deque[_Pending]] = {}
         in_flight: dict[str, int] = {}
+        # Hosts with a waiting pair and a free slot, each listed once, served round-robin
+        # so one busy host cannot starve the others.
         runnable: deque[str] = deque()
         queued_hosts: set[str] = set()
         delayed: list[tuple[float, int, _Pending]] = []
         sequence = itertools.count()
-        futures: dict[Future, tuple[_Pending, datetime]] = {}
+        running = 0
         buffered = 0
-        next_tick = self.clock() + self.tick
+        next_tick = clock() + self.tick
 
         def mark_runnable(host: str) -> None:
-            if (
-                host not in queued_hosts
-                and ready.get(host)
-                and in_flight.get(host, 0) < cfg.host_concurrency
-            ):
+            if host not in queued_hosts and ready.get(host) and in_flight.get(host, 0) < cap:
                 queued_hosts.add(host)
                 runnable.append(host)
 
         def enqueue(pending: _Pending) -> None:
-            ready.setdefault(pending.host, deque()).append(pending)
-            mark_runnable(pending.host)
+            host = pending.host
+            waiting = ready.get(host)
+            if waiting is None:
+                waiting = ready[host] = deque()
+            waiting.append(pending)
+            mark_runnable(host)
 
-        session = new_session(pool_size=cfg.host_concurrency)
-        with ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="postback") as pool:
-            try:
-                while True:
-                    now = self.clock()
-                    if now >= next_tick:
-                        on_tick()
-                        stopping = stopping or should_stop()
-                        next_tick = now + self.tick
-                    if stopping:
-                        buffered -= self._drop_unstarted(ready, delayed, on_done)
-                        runnable.clear()
-                        queued_hosts.clear()
-                    while not exhausted and not stopping and buffered < cfg.buffer:
-                        job = next(source, None)
-                        if job is None:
-                            exhausted = True
-                            break
-                        buffered += 1
-                        enqueue(_Pending(job))
-                    while delayed and delayed[0][0] <= now:
-                        enqueue(heapq.heappop(delayed)[2])
-                    while runnable and len(futures) < cfg.max_workers:
+        session = new_session(pool_size=cap)
+        workers = _Workers(cfg.max_workers, self.send, session)
+        try:
+            while True:
+                now = clock()
+                if now >= next_tick:
+                    on_tick()
+                    stopping = stopping or should_stop()
+                    next_tick = now + self.tick
+                if stopping:
+                    buffered -= self._drop_unstarted(ready, delayed, on_done)
+                    runnable.clear()
+                    queued_hosts.clear()
+                while not exhausted and not stopping and buffered < cfg.buffer:
+                    job = next(source, None)
+                    if job is None:
+                        exhausted = True
+                        break
+                    buffered += 1
+                    enqueue(_Pending(job, job.prepared.host_key))
+                while delayed and delayed[0][0] <= now:
+                    enqueue(heapq.heappop(delayed)[2])
+                if runnable and running < cfg.max_workers:
+                    started_at = timezone.now()
+                    while runnable and running < cfg.max_workers:
                         host = runnable.popleft()
                         queued_hosts.discard(host)
                         pending = ready[host].popleft()
                         in_flight[host] = in_flight.get(host, 0) + 1
-                        future = pool.submit(self.send, pending.job.prepared, session=session)
-                        futures[future] = (pending, timezone.now())
+                        running += 1
+                        pending.started_at = started_at
+                        workers.submit(pending)
                         mark_runnable(host)
-                    if not futures and not delayed and buffered == 0 and (exhausted or stopping):
-                        break
+                if not running and not delayed and buffered == 0 and (exhausted or stopping):
+                    break
 
-                    timeout = max(0.0, next_tick - self.clock())
-                    if delayed:
-                        timeout = min(timeout, max(0.0, delayed[0][0] - self.clock()))
-                    if not futures:
-                        time.sleep(timeout) if timeout else None
-                        continue
-                    done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        pending, started = futures.pop(future)
-                        in_flight[pending.host] -= 1
-                        outcome = _result(future)
-                        attempt = AttemptLog(len(pending.attempts) + 1, outcome, started)
-                        pending.attempts.append(attempt)
-                        if (
-                            outcome.retryable
-                            and attempt.attempt_number < cfg.max_attempts
-                            and not stopping
-                        ):
-                            delay = backoff_delay(
-                                attempt.attempt_number,
-                                retry_after=outcome.retry_after,
-                                base=cfg.retry_base,
-                                cap=cfg.retry_cap,
-                                rng=self.rng,
-                            )
-                            heapq.heappush(delayed, (self.clock() + delay, next(sequence), pending))
-                        else:
-                            buffered -= 1
-                            on_done(pending.job, pending.attempts)
-                        mark_runnable(pending.host)
-                on_tick()
-            finally:
-                session.close()
+                timeout = max(0.0, next_tick - clock())
+                if delayed:
+                    timeout = min(timeout, max(0.0, delayed[0][0] - clock()))
+                if not running:
+                    if timeout:
+                        time.sleep(timeout)
+                    continue
+                try:
+                    finished = [workers.done.get(timeout=timeout)]
+                except queue.Empty:
+                    continue
+                # Take every outcome already there: one pass of the loop serves them all.
+                while True:
+                    try:
+                        finished.append(workers.done.get_nowait())
+                    except queue.Empty:
+                        break
+                for pending, outcome in finished:
+                    workers.finished()
+                    running -= 1
+                    host = pending.host
+                    in_flight[host] -= 1
+                    attempt = AttemptLog(len(pending.attempts) + 1, outcome, pending.started_at)
+                    pending.attempts.append(attempt)
+                    if (
+                        outcome.retryable
+                        and attempt.attempt_number < cfg.max_attempts
+                        and not stopping
+                    ):
+                        delay = backoff_delay(
+                            attempt.attempt_number,
+                            retry_after=outcome.retry_after,
+                            base=cfg.retry_base,
+                            cap=cfg.retry_cap,
+                            rng=self.rng,
+                        )
+                        heapq.heappush(delayed, (clock() + delay, next(sequence), pending))
+                    else:
+                        buffered -= 1
+                        on_done(pending.job, pending.attempts)
+                    mark_runnable(host)
+            on_tick()
+        finally:
+            # In-flight attempts finish (their outcome is dropped only if we got here by an
+            # exception); no worker thread outlives the run.
+            workers.stop()
+            session.close()
 
     @staticmethod
     def _drop_unstarted(ready, delayed, on_done) -> int:
         """On stop: never-fired pairs are dropped; pairs waiting for a retry end now."""
         dropped = 0
-        for queue in ready.values():
-            while queue:
-                pending = queue.popleft()
+        for waiting in ready.values():
+            while waiting:
+                pending = waiting.popleft()
                 dropped += 1
                 if pending.attempts:
                     on_done(pending.job, pending.attempts)
@@ -226,16 +297,12 @@ class DeliveryEngine:
         return dropped
 
 
-def _result(future: Future) -> AttemptOutcome:
-    try:
-        return future.result()
-    except Exception as exc:  # send_attempt never raises; this guards a bug in it
-        logger.exception("postback transport raised")
-        return AttemptOutcome(
-            status_code=None,
-            error="connection_error",
-            error_detail=f"internal error: {type(exc).__name__}",
-            duration_ms=0,
-            response_excerpt="",
-            retry_after=None,
-        )
+def _internal_error(exc: Exception) -> AttemptOutcome:
+    return AttemptOutcome(
+        status_code=None,
+        error="connection_error",
+        error_detail=f"internal error: {type(exc).__name__}",
+        duration_ms=0,
+        response_excerpt="",
+        retry_after=None,
+    )
