@@ -116,6 +116,9 @@ def run_document(
                 "createdAt": _iso(run.created_at),
                 "startedAt": _iso(run.started_at),
                 "finishedAt": _iso(run.finished_at),
+                # A running run whose heartbeat is old has lost its workers; the
+                # sweeper of any live worker takes it over.
+                "heartbeatAt": _iso(run.heartbeat_at),
                 "createdBy": run.actor,
                 "force": run.force,
             }

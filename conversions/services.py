@@ -11,6 +11,7 @@ run), so a large run is shared out and a run whose worker died can be taken over
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -270,6 +271,13 @@ def run_work(
     )
     try:
         results = executor.execute(_claimed_batches(run, worker, executor))
+    except KeyboardInterrupt:
+        # An operator's Ctrl-C on a foreground run means stop, not "let a worker finish
+        # it later": the run is cancelled like through the API.
+        RetriggerRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+        executor.release_claims()
+        _run_finish(run, RetriggerRun.Status.CANCELLED)
+        raise
     except Exception as exc:
         logger.exception("run %s failed", run.pk)
         # The other workers of the run stop at their next flush, as on a cancel.
@@ -374,14 +382,29 @@ def run_get_for_actor(*, run_id: int, actor: Actor) -> RetriggerRun:
     return runs_visible_to(actor).get(pk=run_id)
 
 
+CANCEL_WAIT_SECONDS = 5.0
+
+
 def run_cancel(*, run: RetriggerRun, actor: Actor) -> RetriggerRun:
-    """Stop a run: pairs not yet fired stay unfired. A finished run is left as it is."""
+    """Stop a run: pairs not yet fired stay unfired. A finished run is left as it is.
+
+    Workers see the request at their next flush (every `WORKER_FLUSH_SECONDS`); the
+    answer waits (briefly) until a worker has acknowledged it, so that once a client
+    reads `cancelled` no further pair is started.
+    """
     RetriggerRun.objects.filter(
         pk=run.pk, status__in=[RetriggerRun.Status.QUEUED, RetriggerRun.Status.RUNNING]
     ).update(cancel_requested=True)
     run.refresh_from_db()
     if run.status == RetriggerRun.Status.QUEUED:
         _run_finish(run, RetriggerRun.Status.CANCELLED)
+    deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+    while not run.is_final and time.monotonic() < deadline:
+        time.sleep(WORKER_FLUSH_SECONDS / 2)
+        run.refresh_from_db()
+    if run.is_final:
+        # Sibling workers of the run stop at their next flush too.
+        time.sleep(WORKER_FLUSH_SECONDS * 2)
     return run
 
 

@@ -964,3 +964,51 @@ def test_cancel_action_stops_a_queued_run(world):
     assert queued.status == RetriggerRun.Status.CANCELLED
     assert finished.status == RetriggerRun.Status.COMPLETED
     assert "Cancellation requested for 1 run(s)." in messages_of(client.get(response["Location"]))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("value", ["maybe", "2", "yes please"])
+def test_an_unclear_force_value_fires_nothing(client, value):
+    # given a delivered conversion an account admin would only re-fire with force
+    account = f.make_account()
+    affiliate = f.make_affiliate(account)
+    f.make_postback(affiliate, "http://127.0.0.1:9/pb")
+    conversion = f.make_conversion(affiliate)
+    admin = f.make_account_admin(account)
+    admin.is_staff = True
+    admin.save()
+    client.force_login(admin)
+
+    # when the Confirm POST carries a force value that is neither yes nor no
+    response = client.post(
+        "/admin/conversions/conversion/",
+        {
+            "action": "retrigger_postbacks",
+            "_selected_action": [str(conversion.pk)],
+            "post": "yes",
+            "force": value,
+        },
+    )
+
+    # then nothing ran
+    assert response.status_code == 302
+    assert not RetriggerRun.objects.exists()
+
+
+@pytest.mark.django_db
+def test_postback_search_does_not_reach_into_masked_urls(client):
+    # given a postback whose URL holds a token an account admin sees masked
+    account = f.make_account()
+    affiliate = f.make_affiliate(account)
+    f.make_postback(affiliate, "http://tracker.example/pb?token=abcTOKSECRET&c={click_id}")
+    admin = f.make_account_admin(account)
+    admin.is_staff = True
+    admin.save()
+    client.force_login(admin)
+
+    # when they search for the secret
+    response = client.get("/admin/conversions/postback/", {"q": "abcTOKSECRET"})
+
+    # then the search cannot confirm it
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 0

@@ -116,3 +116,15 @@ def test_member_user_is_refused(world):
 
     with pytest.raises(CommandError, match="not an account admin"):
         run_command("--user", "member")
+
+
+def test_an_empty_user_is_refused_not_the_command_line(world, httpserver):
+    with pytest.raises(CommandError, match="No user named ''"):
+        run_command("--user", "")
+
+    assert len(httpserver.log) == 0
+
+
+def test_follow_refuses_criteria_it_would_ignore(world):
+    with pytest.raises(CommandError, match="--follow"):
+        run_command("--follow", "1", "--id", "5")

@@ -319,3 +319,40 @@ def test_queryset_door_scopes_and_reports(httpserver, world):
     assert result.counts.selected == 1 and result.counts.delivered == 1
     assert [r.conversion_id for r in result.results] == [mine.pk]
     assert other.pk not in {r.conversion_id for r in result.results}
+
+
+def test_interrupting_a_foreground_run_cancels_it(httpserver, world):
+    # given a run whose operator presses Ctrl-C while it works
+    httpserver.expect_request("/pb").respond_with_data("ok")
+    for _ in range(3):
+        f.make_conversion(world["affiliate"])
+
+    def interrupt(counts):
+        raise KeyboardInterrupt
+
+    # when
+    with pytest.raises(KeyboardInterrupt):
+        retrigger(progress=interrupt)
+
+    # then the run is cancelled, not left for a worker to finish later
+    run = RetriggerRun.objects.get()
+    assert (run.status, run.cancel_requested) == ("cancelled", True)
+    assert not DeliveryClaim.objects.exists()
+
+
+def test_secrets_echoed_by_a_receiver_are_masked_in_the_stored_excerpt(httpserver, world):
+    # given a receiver that echoes the request line, token included
+    httpserver.expect_request("/echo").respond_with_data("you sent token=abcSECRET123 ok")
+    world["postback"].url = httpserver.url_for("/echo") + "?token=abcSECRET123&c={click_id}"
+    world["postback"].save()
+    f.make_conversion(world["affiliate"])
+
+    # when
+    retrigger()
+
+    # then
+    attempt = DeliveryAttempt.objects.get()
+    assert attempt.delivered
+    assert "abcSECRET123" not in attempt.response_excerpt
+    assert "abcSECRET123" not in attempt.url
+    assert "you sent" in attempt.response_excerpt

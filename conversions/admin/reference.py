@@ -83,7 +83,9 @@ class PostbackAdmin(ScopedModelAdmin):
         ("affiliate", ScopedRelatedFilter),
         ("conversion_type", ScopedRelatedFilter),
     )
-    search_fields = ("=id", "=affiliate__id", "url")
+    # Not the URL: a search over the stored template would let a viewer confirm the
+    # masked secrets in it a character at a time.
+    search_fields = ("=id", "=affiliate__id", "affiliate__name")
     raw_id_fields = ("affiliate",)
 
     def get_exclude(self, request: HttpRequest, obj=None):

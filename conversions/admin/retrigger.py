@@ -54,10 +54,29 @@ def _flag(request: HttpRequest, name: str) -> bool:
     return bool(forms.BooleanField(required=False).to_python(request.POST.get(name)))
 
 
+_FORCE_VALUES = {
+    None: False,
+    "": False,
+    "0": False,
+    "false": False,
+    "off": False,
+    "1": True,
+    "true": True,
+    "on": True,
+}
+
+
 def retrigger_postbacks(modeladmin, request: HttpRequest, queryset: QuerySet):
     """Entry point, bound as the ModelAdmin's action."""
     select_across = _flag(request, "select_across")
-    force = _flag(request, "force")
+    raw_force = request.POST.get("force")
+    force = _FORCE_VALUES.get(raw_force.lower() if raw_force is not None else None)
+    if force is None:
+        # Skip rules are only bypassed on an unambiguous yes.
+        modeladmin.message_user(
+            request, "Invalid value for force; nothing was done.", messages.ERROR
+        )
+        return None
     if request.POST.get("post") == "yes":
         # A Confirm POST is checked as the first one is: ids outside the admin's scope
         # are gone from the queryset, and nothing left means no run at all.

@@ -149,6 +149,7 @@ _RUN_SCHEMA: dict[str, Any] = {
         "createdAt": {"type": "string", "format": "date-time", "nullable": True},
         "startedAt": {"type": "string", "format": "date-time", "nullable": True},
         "finishedAt": {"type": "string", "format": "date-time", "nullable": True},
+        "heartbeatAt": {"type": "string", "format": "date-time", "nullable": True},
         "createdBy": {"type": "string"},
         "force": {"type": "boolean"},
     },

@@ -167,7 +167,8 @@ def send_attempt(
         error=error,
         error_detail=_clean(mask_text(detail, secrets=secrets))[:ERROR_DETAIL_MAX],
         duration_ms=max(0, int((time.monotonic() - started) * 1000)),
-        response_excerpt=excerpt,
+        # Receivers echo what they were sent: the URL's secrets must not come back in.
+        response_excerpt=mask_text(excerpt, secrets=secrets) if excerpt else excerpt,
         retry_after=retry_after,
     )
 

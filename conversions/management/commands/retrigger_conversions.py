@@ -74,6 +74,13 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         actor = self._actor(options.get("user"))
         if options.get("follow") is not None:
+            extra = [
+                f"--{name.replace('_', '-')}"
+                for name in (*LIST_OPTIONS, *SCALAR_OPTIONS, "force", "dry_run", "background")
+                if options.get(name) not in (None, False)
+            ]
+            if extra:
+                raise CommandError(f"--follow shows an existing run; drop {', '.join(extra)}.")
             self._follow(options["follow"], actor, as_json=options["json"])
             return
         body = self._body(options)
@@ -84,18 +91,10 @@ class Command(BaseCommand):
 
         progress = self._progress_bar() if sys.stderr.isatty() and not options["json"] else None
         try:
-            result = conversions_retrigger(
-                criteria=criteria,
-                actor=actor,
-                force=options["force"],
-                dry_run=options["dry_run"],
-                source=RetriggerRun.Source.COMMAND,
-                background=bool(options["background"]),
-                keep_results=options["json"],
-                progress=progress,
-            )
-        except AccountForbidden as exc:
-            raise CommandError(str(exc)) from exc
+            result = self._retrigger(criteria, actor, options, progress)
+        except KeyboardInterrupt as exc:
+            # The service has cancelled the run: pairs not yet fired stay unfired.
+            raise CommandError("Interrupted: the run was cancelled.", returncode=130) from exc
         if progress is not None:
             self.stderr.write("")
         if options["json"]:
@@ -108,10 +107,27 @@ class Command(BaseCommand):
                 f"`manage.py retrigger_conversions --follow {result.run.pk}`."
             )
 
+    def _retrigger(self, criteria, actor, options: dict[str, Any], progress):
+        try:
+            return conversions_retrigger(
+                criteria=criteria,
+                actor=actor,
+                force=options["force"],
+                dry_run=options["dry_run"],
+                source=RetriggerRun.Source.COMMAND,
+                background=bool(options["background"]),
+                keep_results=options["json"],
+                progress=progress,
+            )
+        except AccountForbidden as exc:
+            raise CommandError(str(exc)) from exc
+
     # -- input -------------------------------------------------------------------------
 
     def _actor(self, username: str | None):
-        if not username:
+        # Only an absent --user means the command line itself: an empty value (an unset
+        # shell variable) must not silently grant every account.
+        if username is None:
             return COMMAND_LINE_ACTOR
         user = get_user_model().objects.filter(username=username).first()
         if user is None:
@@ -140,14 +156,18 @@ class Command(BaseCommand):
 
     def _progress_bar(self):
         started = time.monotonic()
-        state = {"total": None}
+        state: dict[str, Any] = {"total": None, "first": None}
+        # Progress is not an error: no error colouring on stderr.
+        self.stderr.style_func = None
 
         def show(counts: RunCounts) -> None:
             total = state["total"] or counts.selected or 0
             done = counts.processed
+            if state["first"] is None:
+                state["first"] = done  # --follow joins a run part-way
             width = 30
             filled = int(width * done / total) if total else 0
-            rate = done / max(time.monotonic() - started, 1e-6)
+            rate = (done - state["first"]) / max(time.monotonic() - started, 1e-6)
             self.stderr.write(
                 f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total or '?'} "
                 f"delivered {counts.delivered} failed {counts.failed} "
