@@ -109,7 +109,7 @@ def _pair_reason(
 
 
 def _claimed_pairs(conversion_ids: list[int], *, excluding_run: int | None) -> set[Pair]:
-    claims = DeliveryClaim.objects.filter(conversion_id__in=conversion_ids)
+    claims = DeliveryClaim.objects.filter(conversion_id__any_of=conversion_ids)
     if excluding_run is not None:
         claims = claims.exclude(run_id=excluding_run)
     return set(claims.values_list("conversion_id", "postback_id"))
@@ -117,7 +117,7 @@ def _claimed_pairs(conversion_ids: list[int], *, excluding_run: int | None) -> s
 
 def _delivered_pairs(conversion_ids: list[int]) -> set[Pair]:
     return set(
-        DeliveryAttempt.objects.filter(conversion_id__in=conversion_ids, delivered=True)
+        DeliveryAttempt.objects.filter(conversion_id__any_of=conversion_ids, delivered=True)
         .values_list("conversion_id", "postback_id")
         .distinct()
     )
