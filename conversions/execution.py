@@ -15,7 +15,6 @@ from conversions.bulk import insert_claims
 from conversions.delivery.engine import AttemptLog, DeliveryEngine, Job
 from conversions.delivery.transport import prepare_postback
 from conversions.models import (
-    Conversion,
     DeliveryAttempt,
     DeliveryClaim,
     RetriggerRun,
@@ -24,7 +23,13 @@ from conversions.models import (
 )
 from conversions.recording import FinishedPair, FlushSignal, RunRecorder
 from conversions.results import ConversionResult, Outcome, PairResult, RunCounts
-from conversions.skips import PlannedConversion, PostbackDirectory, plan_batch
+from conversions.skips import (
+    ConversionRow,
+    PlannedConversion,
+    PostbackDirectory,
+    conversion_rows,
+    plan_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +117,7 @@ class RunExecutor:
                 )
             )
             ids = [pk for pk in ids if pk not in counted]
-        by_id = {
-            c.pk: c
-            for c in Conversion.objects.select_related("affiliate", "conversion_type")
-            .filter(id__any_of=ids)
-            .order_by()
-        }
+        by_id = conversion_rows(ids)
         conversions = [by_id[pk] for pk in ids if pk in by_id]
         if self.keep_results:
             self._order.extend(c.pk for c in conversions)
@@ -160,7 +160,7 @@ class RunExecutor:
                 self._complete(tracked)
             yield from jobs
 
-    def _job(self, conversion: Conversion, postback) -> Job:
+    def _job(self, conversion: ConversionRow, postback) -> Job:
         event_id = DeliveryAttempt.event_id_for(conversion.pk, postback.pk)
         prepared = prepare_postback(
             postback,

@@ -1,5 +1,6 @@
-"""conversions.bulk: the same rows on every database (the suite runs on SQLite and
-PostgreSQL, so both the array/unnest/COPY forms and the fallbacks are covered)."""
+"""conversions.bulk and the plain conversion rows of the delivery path: the same rows on
+every database (the suite runs on SQLite and PostgreSQL, so both the array/unnest/COPY
+forms and the fallbacks are covered)."""
 
 import uuid
 from datetime import UTC, datetime
@@ -9,7 +10,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from conversions.bulk import copy_rows, insert_claims, insert_run_items
+from conversions.delivery.macros import macro_values
 from conversions.models import (
+    Affiliate,
     Conversion,
     DeliveryAttempt,
     DeliveryClaim,
@@ -17,6 +20,7 @@ from conversions.models import (
     RunItem,
 )
 from conversions.recording import ATTEMPT_FIELDS
+from conversions.skips import CONVERSION_FIELDS, conversion_rows
 from tests.factories import make_account, make_affiliate, make_conversion, make_postback
 
 WHEN = datetime(2026, 2, 1, 10, 30, tzinfo=UTC)
@@ -149,3 +153,26 @@ def test_copy_rows_stores_every_value_as_given(rows):
     stored = list(DeliveryAttempt.objects.order_by("attempt_number").values_list(*ATTEMPT_FIELDS))
     expected = [(*row[:4], uuid.UUID(event_id), *row[5:]) for row in values]
     assert stored == expected
+
+
+@pytest.mark.django_db
+def test_conversion_rows_read_like_the_models_for_planning_and_macros(rows):
+    affiliate, _, conversions, _, _ = rows
+    Affiliate.objects.filter(pk=affiliate.pk).update(is_active=False)
+    ids = [c.pk for c in conversions]
+    event_id = uuid.uuid4()
+
+    loaded = conversion_rows([*ids, max(ids) + 10**6])
+    models = Conversion.objects.select_related("affiliate", "conversion_type").in_bulk(ids)
+
+    assert sorted(loaded) == sorted(ids)
+    for pk, model in models.items():
+        row = loaded[pk]
+        assert row.pk == model.pk
+        assert row.affiliate.is_active is False
+        assert row.conversion_type.name == model.conversion_type.name
+        assert all(getattr(row, name) == getattr(model, name) for name in CONVERSION_FIELDS)
+        name = model.conversion_type.name
+        assert macro_values(row, conversion_type_name=name, event_id=event_id) == macro_values(
+            model, conversion_type_name=name, event_id=event_id
+        )
