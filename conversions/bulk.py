@@ -30,10 +30,16 @@ def is_postgresql() -> bool:
     return connection.vendor == "postgresql"
 
 
+def int_array(values: Iterable[int]) -> str:
+    """PostgreSQL's text form of an integer array, `{1,2,3}`, for a `%s::bigint[]`
+    parameter: joined in one go instead of psycopg adapting it element by element."""
+    return "{" + ",".join(map(str, map(int, values))) + "}"
+
+
 class AnyOf(Lookup):
     """`field__any_of=ids`: `IN` over a list of ids, sent as one array on PostgreSQL.
 
-    The ids are used as given (ints, no per-value preparation); `None` never matches
+    The ids are integers, used without per-value preparation; `None` never matches
     and an empty list matches nothing without a query, as with `__in`.
     """
 
@@ -49,7 +55,7 @@ class AnyOf(Lookup):
         lhs, lhs_params = self.process_lhs(compiler, connection)
         if connection.vendor == "postgresql":
             db_type = self.lhs.output_field.cast_db_type(connection)
-            return f"{lhs} = ANY(%s::{db_type}[])", (*lhs_params, self.rhs)
+            return f"{lhs} = ANY(%s::{db_type}[])", (*lhs_params, int_array(self.rhs))
         placeholders = ", ".join(["%s"] * len(self.rhs))
         return f"{lhs} IN ({placeholders})", (*lhs_params, *self.rhs)
 
@@ -97,7 +103,9 @@ def insert_claims(
     with connection.cursor() as cursor:
         for start in range(0, len(pairs), BATCH_SIZE):
             batch = pairs[start : start + BATCH_SIZE]
-            cursor.execute(sql, [run_id, claimed_at, [c for c, _ in batch], [p for _, p in batch]])
+            conversions = int_array(c for c, _ in batch)
+            postbacks = int_array(p for _, p in batch)
+            cursor.execute(sql, [run_id, claimed_at, conversions, postbacks])
 
 
 def insert_run_items(
@@ -137,7 +145,7 @@ def insert_run_items(
                 sql,
                 [
                     run_id,
-                    [c for c, _, _ in batch],
+                    int_array(c for c, _, _ in batch),
                     [o for _, o, _ in batch],
                     [t for _, _, t in batch],
                 ],
