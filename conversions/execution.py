@@ -9,10 +9,12 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from django.utils import timezone
+
+from conversions.bulk import insert_claims
 from conversions.delivery.engine import AttemptLog, DeliveryEngine, Job
 from conversions.delivery.transport import prepare_postback
 from conversions.models import (
-    Conversion,
     DeliveryAttempt,
     DeliveryClaim,
     RetriggerRun,
@@ -21,7 +23,13 @@ from conversions.models import (
 )
 from conversions.recording import FinishedPair, FlushSignal, RunRecorder
 from conversions.results import ConversionResult, Outcome, PairResult, RunCounts
-from conversions.skips import PlannedConversion, PostbackDirectory, plan_batch
+from conversions.skips import (
+    ConversionRow,
+    PlannedConversion,
+    PostbackDirectory,
+    conversion_rows,
+    plan_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +112,12 @@ class RunExecutor:
         ids = batch.conversion_ids
         if self.run is not None and not self.dry_run:
             counted = set(
-                RunItem.objects.filter(run=self.run, conversion_id__in=ids).values_list(
+                RunItem.objects.filter(run=self.run, conversion_id__any_of=ids).values_list(
                     "conversion_id", flat=True
                 )
             )
             ids = [pk for pk in ids if pk not in counted]
-        by_id = Conversion.objects.select_related("affiliate", "conversion_type").in_bulk(ids)
+        by_id = conversion_rows(ids)
         conversions = [by_id[pk] for pk in ids if pk in by_id]
         if self.keep_results:
             self._order.extend(c.pk for c in conversions)
@@ -152,7 +160,7 @@ class RunExecutor:
                 self._complete(tracked)
             yield from jobs
 
-    def _job(self, conversion: Conversion, postback) -> Job:
+    def _job(self, conversion: ConversionRow, postback) -> Job:
         event_id = DeliveryAttempt.event_id_for(conversion.pk, postback.pk)
         prepared = prepare_postback(
             postback,
@@ -169,14 +177,10 @@ class RunExecutor:
         wanted = [(plan.conversion.pk, pb.pk) for plan in planned for pb in plan.fire]
         if not wanted:
             return
-        DeliveryClaim.objects.bulk_create(
-            [DeliveryClaim(conversion_id=c, postback_id=p, run=self.run) for c, p in wanted],
-            ignore_conflicts=True,
-            batch_size=500,
-        )
+        insert_claims(DeliveryClaim, run_id=self.run.pk, pairs=wanted, claimed_at=timezone.now())
         owned = set(
             DeliveryClaim.objects.filter(
-                run=self.run, conversion_id__in={c for c, _ in wanted}
+                run=self.run, conversion_id__any_of=list({c for c, _ in wanted})
             ).values_list("conversion_id", "postback_id")
         )
         for plan in planned:
@@ -190,7 +194,7 @@ class RunExecutor:
         if self.run is None:
             return {}
         rows = DeliveryAttempt.objects.filter(
-            run=self.run, conversion_id__in=conversion_ids, final=True
+            run=self.run, conversion_id__any_of=conversion_ids, final=True
         ).values_list(
             "conversion_id", "postback_id", "delivered", "status_code", "attempt_number", "error"
         )
@@ -283,7 +287,7 @@ class RunExecutor:
         """
         if self.run is not None and self._tracked and not self.lost:
             uncounted = list(self._tracked)
-            DeliveryClaim.objects.filter(run=self.run, conversion_id__in=uncounted).delete()
+            DeliveryClaim.objects.filter(run=self.run, conversion_id__any_of=uncounted).delete()
 
     def _tick(self) -> None:
         signal = self.recorder.flush(chunk_ids=list(self._active_chunks))

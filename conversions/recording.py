@@ -5,13 +5,15 @@ over after a crash sees either all of a conversion's bookkeeping or none of it.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from conversions.bulk import copy_rows, insert_run_items
 from conversions.delivery.engine import AttemptLog
 from conversions.models import (
     DeliveryAttempt,
@@ -25,6 +27,24 @@ from conversions.results import RunCounts
 logger = logging.getLogger(__name__)
 
 EXCERPT_COLUMN_LIMIT = 4000
+ATTEMPT_FIELDS = (
+    "run_id",
+    "conversion_id",
+    "postback_id",
+    "affiliate_id",
+    "event_id",
+    "attempt_number",
+    "method",
+    "url",
+    "status_code",
+    "error",
+    "error_detail",
+    "delivered",
+    "final",
+    "duration_ms",
+    "response_excerpt",
+    "created_at",
+)
 
 
 @dataclass
@@ -54,7 +74,8 @@ class RunRecorder:
     worker: str = ""
     counts: RunCounts = field(default_factory=RunCounts)  # totals seen by this recorder
     _pairs: list[FinishedPair] = field(default_factory=list)
-    _items: list[tuple[RunItem, RunCounts]] = field(default_factory=list)
+    # (conversion_id, outcome, counted at) and what counting it adds to the run
+    _items: list[tuple[tuple[int, str, datetime], RunCounts]] = field(default_factory=list)
     _done_chunks: list[int] = field(default_factory=list)
 
     def pair_finished(self, pair: FinishedPair) -> None:
@@ -62,8 +83,7 @@ class RunRecorder:
 
     def conversion_counted(self, conversion_id: int, outcome: str, delta: RunCounts) -> None:
         self.counts.add(delta)
-        item = RunItem(run=self.run, conversion_id=conversion_id, outcome=outcome)
-        self._items.append((item, delta))
+        self._items.append(((conversion_id, outcome, timezone.now()), delta))
 
     def chunk_done(self, chunk_id: int) -> None:
         self._done_chunks.append(chunk_id)
@@ -88,22 +108,22 @@ class RunRecorder:
                     self._reset()
                     return FlushSignal.LOST
             if self._pairs:
-                DeliveryAttempt.objects.bulk_create(self._attempt_rows(now), batch_size=500)
+                copy_rows(DeliveryAttempt, ATTEMPT_FIELDS, self._attempt_rows(now))
             delta = RunCounts()
             if self._items:
-                ids = [item.conversion_id for item, _ in self._items]
-                counted = set(
-                    RunItem.objects.filter(run=self.run, conversion_id__in=ids).values_list(
-                        "conversion_id", flat=True
-                    )
+                # Conversions the run counted already (a chunk taken over) are left out,
+                # their deltas with them.
+                new = insert_run_items(
+                    RunItem, run_id=self.run.pk, items=[item for item, _ in self._items]
                 )
-                new = [(item, d) for item, d in self._items if item.conversion_id not in counted]
-                RunItem.objects.bulk_create([item for item, _ in new], batch_size=500)
-                for _, item_delta in new:
-                    delta.add(item_delta)
+                for item, item_delta in self._items:
+                    if item[0] in new:
+                        new.discard(item[0])
+                        delta.add(item_delta)
                 # A pair's claim lives until its conversion is counted: a worker taking
                 # over after a crash then finds either the claim or the counted item.
-                DeliveryClaim.objects.filter(run=self.run, conversion_id__in=ids).delete()
+                ids = [item[0] for item, _ in self._items]
+                DeliveryClaim.objects.filter(run=self.run, conversion_id__any_of=ids).delete()
             updates = {"heartbeat_at": now}
             for name in ("processed", "retriggered", "delivered", "failed", "skipped"):
                 if value := getattr(delta, name):
@@ -124,33 +144,31 @@ class RunRecorder:
             return FlushSignal.CANCEL
         return FlushSignal.CONTINUE
 
-    def _attempt_rows(self, now) -> list[DeliveryAttempt]:
-        rows = []
+    def _attempt_rows(self, now) -> Iterator[tuple]:
+        """One tuple per attempt, in the order of `ATTEMPT_FIELDS`."""
+        run_id = self.run.pk
         for pair in self._pairs:
             last = len(pair.attempts)
             for log in pair.attempts:
                 outcome = log.outcome
-                rows.append(
-                    DeliveryAttempt(
-                        run=self.run,
-                        conversion_id=pair.conversion_id,
-                        postback_id=pair.postback_id,
-                        affiliate_id=pair.affiliate_id,
-                        event_id=pair.event_id,
-                        attempt_number=log.attempt_number,
-                        method=pair.method,
-                        url=pair.masked_url,
-                        status_code=outcome.status_code,
-                        error=outcome.error or "",
-                        error_detail=(outcome.error_detail or "")[:500],
-                        delivered=outcome.delivered,
-                        final=log.attempt_number == last,
-                        duration_ms=max(0, int(outcome.duration_ms)),
-                        response_excerpt=(outcome.response_excerpt or "")[:EXCERPT_COLUMN_LIMIT],
-                        created_at=log.started_at or now,
-                    )
+                yield (
+                    run_id,
+                    pair.conversion_id,
+                    pair.postback_id,
+                    pair.affiliate_id,
+                    pair.event_id,
+                    log.attempt_number,
+                    pair.method,
+                    pair.masked_url,
+                    outcome.status_code,
+                    outcome.error or "",
+                    (outcome.error_detail or "")[:500],
+                    outcome.delivered,
+                    log.attempt_number == last,
+                    max(0, int(outcome.duration_ms)),
+                    (outcome.response_excerpt or "")[:EXCERPT_COLUMN_LIMIT],
+                    log.started_at or now,
                 )
-        return rows
 
     def _reset(self) -> None:
         self._pairs = []

@@ -19,10 +19,78 @@ from conversions.models import (
 
 Pair = tuple[int, int]  # (conversion_id, postback_id)
 
+# What planning and the macros read of a conversion (`delivery.macros.macro_values`).
+CONVERSION_FIELDS = (
+    "id",
+    "account_id",
+    "affiliate_id",
+    "brand_id",
+    "traffic_source_id",
+    "conversion_type_id",
+    "click_id",
+    "transaction_id",
+    "status",
+    "payout",
+    "revenue",
+    "currency",
+    "converted_at",
+    "sub1",
+    "sub2",
+    "sub3",
+    "sub4",
+    "sub5",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AffiliateState:
+    is_active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionTypeName:
+    name: str
+
+
+class ConversionRow:
+    """A conversion's delivery fields as plain attributes, without a model instance.
+
+    Reads like a `Conversion` loaded with `select_related("affiliate",
+    "conversion_type")` as far as planning and the macros go: `pk`, the `*_id` columns,
+    `affiliate.is_active` and `conversion_type.name`.
+    """
+
+    __slots__ = (*CONVERSION_FIELDS, "affiliate", "conversion_type")
+
+    @property
+    def pk(self) -> int:
+        return self.id
+
+
+def conversion_rows(ids: Sequence[int]) -> dict[int, ConversionRow]:
+    """The conversions of `ids` that exist, by id, in one query."""
+    affiliates = {True: AffiliateState(True), False: AffiliateState(False)}
+    types: dict[str, ConversionTypeName] = {}
+    rows = {}
+    for *values, is_active, type_name in (
+        Conversion.objects.filter(id__any_of=ids)
+        .order_by()
+        .values_list(*CONVERSION_FIELDS, "affiliate__is_active", "conversion_type__name")
+    ):
+        row = ConversionRow()
+        for name, value in zip(CONVERSION_FIELDS, values, strict=True):
+            setattr(row, name, value)
+        row.affiliate = affiliates[is_active]
+        if type_name not in types:
+            types[type_name] = ConversionTypeName(type_name)
+        row.conversion_type = types[type_name]
+        rows[row.id] = row
+    return rows
+
 
 @dataclass
 class PlannedConversion:
-    conversion: Conversion
+    conversion: Conversion | ConversionRow
     fire: list[Postback] = field(default_factory=list)
     # (postback_id or None when no postback applies, reason)
     skipped: list[tuple[int | None, str]] = field(default_factory=list)
@@ -45,7 +113,7 @@ class PostbackDirectory:
         ):
             self._by_affiliate[postback.affiliate_id].append(postback)
 
-    def applicable(self, conversion: Conversion) -> list[Postback]:
+    def applicable(self, conversion: Conversion | ConversionRow) -> list[Postback]:
         return [
             postback
             for postback in self._by_affiliate.get(conversion.affiliate_id, ())
@@ -54,7 +122,7 @@ class PostbackDirectory:
 
 
 def plan_batch(
-    conversions: Sequence[Conversion],
+    conversions: Sequence[Conversion | ConversionRow],
     *,
     directory: PostbackDirectory,
     force: bool,
@@ -62,7 +130,8 @@ def plan_batch(
 ) -> list[PlannedConversion]:
     """Decide, for each conversion of the batch, which pairs fire and which are skipped.
 
-    `conversions` must have `affiliate` loaded (select_related). Claims held by `run_id`
+    `conversions` are `conversion_rows()` or models with `affiliate` loaded
+    (select_related). Claims held by `run_id`
     itself (a run taken over after a crash) do not count as `in_progress`.
     """
     directory.load({c.affiliate_id for c in conversions})
@@ -92,7 +161,7 @@ def plan_batch(
 
 
 def _pair_reason(
-    conversion: Conversion,
+    conversion: Conversion | ConversionRow,
     postback: Postback,
     claimed_elsewhere: set[Pair],
     delivered: set[Pair],
@@ -109,7 +178,7 @@ def _pair_reason(
 
 
 def _claimed_pairs(conversion_ids: list[int], *, excluding_run: int | None) -> set[Pair]:
-    claims = DeliveryClaim.objects.filter(conversion_id__in=conversion_ids)
+    claims = DeliveryClaim.objects.filter(conversion_id__any_of=conversion_ids)
     if excluding_run is not None:
         claims = claims.exclude(run_id=excluding_run)
     return set(claims.values_list("conversion_id", "postback_id"))
@@ -117,7 +186,7 @@ def _claimed_pairs(conversion_ids: list[int], *, excluding_run: int | None) -> s
 
 def _delivered_pairs(conversion_ids: list[int]) -> set[Pair]:
     return set(
-        DeliveryAttempt.objects.filter(conversion_id__in=conversion_ids, delivered=True)
+        DeliveryAttempt.objects.filter(conversion_id__any_of=conversion_ids, delivered=True)
         .values_list("conversion_id", "postback_id")
         .distinct()
     )

@@ -451,7 +451,9 @@ def _assert_no_unbounded_row_reads(queries: CaptureQueriesContext) -> None:
         if 'FROM "conversions_conversion"' not in sql or not sql.lstrip().startswith("SELECT"):
             continue
         reads_rows = '"conversions_conversion"."click_id"' in sql
-        bounded = "LIMIT" in sql or '"conversions_conversion"."id" IN (' in sql
+        bounded = "LIMIT" in sql or any(
+            f'"conversions_conversion"."id" {op}' in sql for op in ("IN (", "= ANY(")
+        )
         assert not reads_rows or bounded, sql
 
 

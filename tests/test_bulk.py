@@ -1,0 +1,178 @@
+"""conversions.bulk and the plain conversion rows of the delivery path: the same rows on
+every database (the suite runs on SQLite and PostgreSQL, so both the array/unnest/COPY
+forms and the fallbacks are covered)."""
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from conversions.bulk import copy_rows, insert_claims, insert_run_items
+from conversions.delivery.macros import macro_values
+from conversions.models import (
+    Affiliate,
+    Conversion,
+    DeliveryAttempt,
+    DeliveryClaim,
+    RetriggerRun,
+    RunItem,
+)
+from conversions.recording import ATTEMPT_FIELDS
+from conversions.skips import CONVERSION_FIELDS, conversion_rows
+from tests.factories import make_account, make_affiliate, make_conversion, make_postback
+
+WHEN = datetime(2026, 2, 1, 10, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def rows():
+    affiliate = make_affiliate(make_account())
+    postback = make_postback(affiliate, "http://127.0.0.1:9/pb?c={click_id}")
+    conversions = [make_conversion(affiliate) for _ in range(3)]
+    run = RetriggerRun.objects.create(actor="t", source="api", criteria={})
+    other = RetriggerRun.objects.create(actor="o", source="api", criteria={})
+    return affiliate, postback, conversions, run, other
+
+
+@pytest.mark.django_db
+def test_any_of_matches_like_in(rows):
+    _, _, conversions, _, _ = rows
+    ids = [c.pk for c in conversions]
+    unknown = max(ids) + 10**6
+
+    found = Conversion.objects.filter(id__any_of=[*ids[:2], unknown, None])
+
+    assert sorted(c.pk for c in found) == sorted(ids[:2])
+    # a large id (beyond 32 bits) against a bigint column
+    assert not Conversion.objects.filter(id__any_of=[2**40]).exists()
+
+
+@pytest.mark.django_db
+def test_any_of_on_a_foreign_key_and_in_a_delete(rows):
+    _, postback, conversions, run, _ = rows
+    for c in conversions:
+        DeliveryClaim.objects.create(conversion=c, postback=postback, run=run)
+
+    deleted, _ = DeliveryClaim.objects.filter(
+        run=run, conversion_id__any_of=[conversions[0].pk, conversions[2].pk]
+    ).delete()
+
+    assert deleted == 2
+    assert list(DeliveryClaim.objects.values_list("conversion_id", flat=True)) == [
+        conversions[1].pk
+    ]
+
+
+@pytest.mark.django_db
+def test_any_of_an_empty_list_matches_nothing_without_a_query():
+    with CaptureQueriesContext(connection) as queries:
+        assert list(Conversion.objects.filter(id__any_of=[])) == []
+    assert len(queries) == 0
+
+
+@pytest.mark.django_db
+def test_any_of_sends_one_array_parameter_on_postgresql(rows):
+    _, _, conversions, _, _ = rows
+    with CaptureQueriesContext(connection) as queries:
+        list(Conversion.objects.filter(id__any_of=[c.pk for c in conversions]))
+    [query] = queries.captured_queries
+    if connection.vendor == "postgresql":
+        assert "= ANY(" in query["sql"]
+    else:
+        assert " IN (" in query["sql"]
+
+
+@pytest.mark.django_db
+def test_insert_claims_keeps_pairs_claimed_already(rows):
+    _, postback, conversions, run, other = rows
+    DeliveryClaim.objects.create(conversion=conversions[0], postback=postback, run=other)
+    pairs = [(c.pk, postback.pk) for c in conversions]
+
+    insert_claims(DeliveryClaim, run_id=run.pk, pairs=pairs, claimed_at=WHEN)
+    insert_claims(DeliveryClaim, run_id=run.pk, pairs=pairs, claimed_at=WHEN)  # again
+
+    claims = {
+        c: (r, at)
+        for c, r, at in DeliveryClaim.objects.values_list("conversion_id", "run_id", "claimed_at")
+    }
+    assert len(claims) == 3
+    assert claims[conversions[0].pk][0] == other.pk
+    assert claims[conversions[1].pk] == (run.pk, WHEN)
+    assert claims[conversions[2].pk] == (run.pk, WHEN)
+
+
+@pytest.mark.django_db
+def test_insert_claims_of_nothing_runs_no_query(rows):
+    _, _, _, run, _ = rows
+    with CaptureQueriesContext(connection) as queries:
+        insert_claims(DeliveryClaim, run_id=run.pk, pairs=[], claimed_at=WHEN)
+    assert len(queries) == 0
+
+
+@pytest.mark.django_db
+def test_insert_run_items_returns_only_the_new_ones(rows, monkeypatch):
+    _, _, conversions, run, other = rows
+    monkeypatch.setattr("conversions.bulk.BATCH_SIZE", 2)  # several statements
+    RunItem.objects.create(run=run, conversion=conversions[1], outcome="failed")
+    RunItem.objects.create(run=other, conversion=conversions[0], outcome="failed")
+    items = [(c.pk, "delivered", WHEN) for c in conversions]
+
+    new = insert_run_items(RunItem, run_id=run.pk, items=items)
+
+    assert new == {conversions[0].pk, conversions[2].pk}
+    stored = {
+        c: (o, at)
+        for c, o, at in RunItem.objects.filter(run=run).values_list(
+            "conversion_id", "outcome", "created_at"
+        )
+    }
+    assert stored == {
+        conversions[0].pk: ("delivered", WHEN),
+        conversions[1].pk: ("failed", stored[conversions[1].pk][1]),  # untouched
+        conversions[2].pk: ("delivered", WHEN),
+    }
+    assert insert_run_items(RunItem, run_id=run.pk, items=items) == set()
+    assert insert_run_items(RunItem, run_id=run.pk, items=[]) == set()
+
+
+@pytest.mark.django_db
+def test_copy_rows_stores_every_value_as_given(rows):
+    affiliate, postback, conversions, run, _ = rows
+    event_id = str(uuid.uuid4())
+    awkward = 'tab\there\nnew line \\ backslash "quote" \u00e9\u20ac'
+    head = (run.pk, conversions[0].pk, postback.pk, affiliate.pk, event_id)
+    values = [
+        (*head, 1, "GET", "http://h/pb?x=1", None, "timeout", awkward, False, False, 0, "", WHEN),
+        (*head, 2, "GET", "http://h/pb?x=1", 200, "", "", True, True, 12, awkward, WHEN),
+    ]
+
+    copy_rows(DeliveryAttempt, ATTEMPT_FIELDS, iter(values))
+
+    stored = list(DeliveryAttempt.objects.order_by("attempt_number").values_list(*ATTEMPT_FIELDS))
+    expected = [(*row[:4], uuid.UUID(event_id), *row[5:]) for row in values]
+    assert stored == expected
+
+
+@pytest.mark.django_db
+def test_conversion_rows_read_like_the_models_for_planning_and_macros(rows):
+    affiliate, _, conversions, _, _ = rows
+    Affiliate.objects.filter(pk=affiliate.pk).update(is_active=False)
+    ids = [c.pk for c in conversions]
+    event_id = uuid.uuid4()
+
+    loaded = conversion_rows([*ids, max(ids) + 10**6])
+    models = Conversion.objects.select_related("affiliate", "conversion_type").in_bulk(ids)
+
+    assert sorted(loaded) == sorted(ids)
+    for pk, model in models.items():
+        row = loaded[pk]
+        assert row.pk == model.pk
+        assert row.affiliate.is_active is False
+        assert row.conversion_type.name == model.conversion_type.name
+        assert all(getattr(row, name) == getattr(model, name) for name in CONVERSION_FIELDS)
+        name = model.conversion_type.name
+        assert macro_values(row, conversion_type_name=name, event_id=event_id) == macro_values(
+            model, conversion_type_name=name, event_id=event_id
+        )
