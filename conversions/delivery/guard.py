@@ -144,6 +144,7 @@ def _is_blocked_plain(ip: IPAddress) -> bool:
 # --- host literals ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked on every attempt of every postback
 def parse_host_literal(host: str) -> IPAddress | None:
     """The address a URL host names literally, or None for a DNS name.
 

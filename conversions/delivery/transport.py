@@ -160,7 +160,6 @@ async def send_attempt_async(
 ) -> AttemptOutcome:
     """One try (with its redirects). `clock` gives the signature's Unix timestamp."""
     started = time.monotonic()
-    secrets = [prepared.secret, *url_secrets(prepared.url)]
     deadline = asyncio.get_running_loop().time() + float(settings.POSTBACK_ATTEMPT_DEADLINE)
     try:
         result = await _attempt(prepared, session=session, deadline=deadline, clock=clock)
@@ -175,11 +174,18 @@ async def send_attempt_async(
     return AttemptOutcome(
         status_code=status,
         error=error,
-        error_detail=_clean(mask_text(detail, secrets=secrets))[:ERROR_DETAIL_MAX],
+        error_detail=_masked_detail(detail, prepared),
         duration_ms=max(0, int((time.monotonic() - started) * 1000)),
         response_excerpt=excerpt,
         retry_after=retry_after,
     )
+
+
+def _masked_detail(detail: str, prepared: PreparedPostback) -> str:
+    if not detail:  # the usual case: finding the URL's secrets costs more than the request
+        return ""
+    secrets = [prepared.secret, *url_secrets(prepared.url)]
+    return _clean(mask_text(detail, secrets=secrets))[:ERROR_DETAIL_MAX]
 
 
 # (status_code, error, error_detail, response_excerpt, retry_after)
@@ -252,6 +258,7 @@ async def _attempt(
 
 # What `requests` left alone when it requoted a URL: reserved characters and `%`.
 _SAFE = "!#$%&'()*+,/:;=?@[]~"
+_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9._~!#$%&'()*+,/:;=?@\[\]-]")
 
 
 def _requote(url: str) -> str:
@@ -261,6 +268,8 @@ def _requote(url: str) -> str:
     value encoded exactly once, so the URL is sent as expanded, spaces and non-ASCII
     quoted, a non-ASCII host in IDNA form.
     """
+    if not _NEEDS_QUOTING.search(url):
+        return url  # the usual case: nothing to quote (a fragment is never sent)
     parts = urlsplit(url)
     netloc = parts.netloc
     if not netloc.isascii():
@@ -322,7 +331,10 @@ def _headers(
 
 async def _read_answer(response: aiohttp.ClientResponse, deadline: float) -> _Result:
     status = response.status
-    retry_after = parse_retry_after(response.headers.get("Retry-After"), now=datetime.now(UTC))
+    retry_header = response.headers.get("Retry-After")
+    retry_after = (
+        None if retry_header is None else parse_retry_after(retry_header, now=datetime.now(UTC))
+    )
     limit_chars = max(0, int(settings.POSTBACK_RESPONSE_EXCERPT))
     # UTF-8 needs at most 4 bytes a character; reading more could never be shown.
     limit_bytes = limit_chars * 4
