@@ -11,6 +11,10 @@ The transport is aiohttp; the guard is its resolver (`GuardedResolver`):
 aiohttp skips the resolver for hosts that are canonical IP literals, so the transport
 checks literal hosts itself (`check_literal`) with the same verdict. The connector is
 built without a DNS cache, so every new connection goes through a fresh, checked lookup.
+A keep-alive connection is reused only for the host name, port and TLS settings it was
+opened and checked for; it stays usable until aiohttp's keep-alive timeout, so an
+allow-list narrowed while a process runs applies to new connections, not to those already
+open.
 
 Why not `requests_hardened.IPFilterAdapter` (when this was a `requests` adapter): it
 checks only the first address a name resolves to, has a loopback switch but no CIDR
