@@ -338,6 +338,51 @@ def test_a_name_that_rebinds_is_checked_again(fast, raw_server, session, resolve
     assert server.connections == 1
 
 
+def test_a_narrowed_allow_list_also_stops_a_kept_alive_connection(fast, raw_server, session):
+    # given: a keep-alive receiver, one postback delivered while 127.0.0.1 is allowed
+    def keep_alive(server: RawServer, conn: socket.socket) -> None:
+        while server.read_request(conn):
+            server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = raw_server(keep_alive)
+    first = send_attempt(prepared(server.url()), session=session)
+
+    # when: the allow-list no longer opens it
+    fast.POSTBACK_ALLOWED_NETWORKS = []
+    second = send_attempt(prepared(server.url()), session=session)
+
+    # then: the pooled connection was not used for a second request
+    assert first.delivered
+    assert second.error == "blocked_address"
+    assert server.connections == 1
+    assert len([r for r in server.requests if r]) == 1
+
+
+def test_the_connector_refuses_a_kept_alive_connection_to_a_name(
+    fast, raw_server, session, resolver
+):
+    # given: a name whose connection stays open
+    def keep_alive(server: RawServer, conn: socket.socket) -> None:
+        while server.read_request(conn):
+            server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = raw_server(keep_alive)
+    resolver.answers["tracker.example"] = ["127.0.0.1"]
+    url = f"http://tracker.example:{server.port}/pb"
+    first = send_attempt(prepared(url), session=session)
+
+    # when
+    fast.POSTBACK_ALLOWED_NETWORKS = ["10.0.0.0/8"]
+    second = send_attempt(prepared(url), session=session)
+
+    # then
+    assert first.delivered
+    assert (second.error, second.retryable) == ("blocked_address", False)
+    assert "127.0.0.1" in second.error_detail
+    assert resolver.calls == ["tracker.example"]  # the kept connection, not a new lookup
+    assert len([r for r in server.requests if r]) == 1
+
+
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
 def test_ipv6_loopback_follows_the_allow_list(settings, raw_server, session):
     # given

@@ -24,7 +24,7 @@ from pytest_httpserver import HTTPServer
 from standardwebhooks import Webhook
 from werkzeug import Response
 
-from conversions.delivery import transport
+from conversions.delivery import guard, transport
 from conversions.delivery.transport import (
     AttemptOutcome,
     PreparedPostback,
@@ -431,6 +431,7 @@ def test_new_session_sizes_its_pools(settings):
         assert connector.limit_per_host == 8
         assert connector.limit == 400
         assert connector.use_dns_cache is False
+        assert isinstance(connector, guard.GuardedConnector)
         assert s.client.trust_env is False
         assert s.client.auto_decompress is False
     finally:

@@ -11,10 +11,9 @@ The transport is aiohttp; the guard is its resolver (`GuardedResolver`):
 aiohttp skips the resolver for hosts that are canonical IP literals, so the transport
 checks literal hosts itself (`check_literal`) with the same verdict. The connector is
 built without a DNS cache, so every new connection goes through a fresh, checked lookup.
-A keep-alive connection is reused only for the host name, port and TLS settings it was
-opened and checked for; it stays usable until aiohttp's keep-alive timeout, so an
-allow-list narrowed while a process runs applies to new connections, not to those already
-open.
+`GuardedConnector` checks once more, before every request, the address the connection it
+is handed (new or kept alive) is actually connected to: an allow-list narrowed while a
+process runs also applies to keep-alive connections opened before.
 
 Why not `requests_hardened.IPFilterAdapter` (when this was a `requests` adapter): it
 checks only the first address a name resolves to, has a loopback switch but no CIDR
@@ -30,7 +29,9 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Sequence
+from typing import Any
 
+from aiohttp import TCPConnector
 from aiohttp.abc import AbstractResolver, ResolveResult
 from django.conf import settings
 
@@ -281,3 +282,24 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         pass
+
+
+class GuardedConnector(TCPConnector):
+    """A connector that refuses to use a connection whose peer the guard now refuses.
+
+    The resolver already kept blocked addresses out of new connections; this catches a
+    keep-alive connection opened under a wider allow-list. The peer address is the one
+    the socket is connected to (asyncio reads it once, when the connection is made).
+    """
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        connection = await super().connect(req, traces, timeout)
+        transport = connection.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if peer:
+            address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+            if is_blocked_ip(address):
+                connection.close()
+                logger.warning("Blocked postback to %s on a kept-alive connection", address)
+                raise BlockedAddress(address, req.url.raw_host or "")
+        return connection

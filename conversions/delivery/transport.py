@@ -129,7 +129,7 @@ def new_async_session(
     `host_pools` destinations at once. `ssl_context` is for tests that pin a CA.
     """
     pool_size = max(1, pool_size)
-    connector = aiohttp.TCPConnector(
+    connector = guard.GuardedConnector(
         limit=pool_size * max(1, host_pools),
         limit_per_host=pool_size,
         # Every new connection asks the guard again: a cached answer would skip the check
