@@ -13,9 +13,8 @@ import pytest
 
 from conversions.delivery.macros import expand_url
 from conversions.delivery.retry import backoff_delay, is_retryable, parse_retry_after
-from conversions.delivery.transport import send_attempt
 from tests import test_transport
-from tests.test_transport import SLACK, RawServer, prepared, timed
+from tests.test_transport import SLACK, RawServer, prepared, send_attempt, timed
 
 # The receivers and limits of the transport tests, shared as fixtures.
 fast = test_transport.fast

@@ -2,6 +2,7 @@
 function here because what is under test is the scheduling; the transport has its own
 tests against real receivers."""
 
+import asyncio
 import threading
 import time
 from collections import Counter, defaultdict
@@ -206,3 +207,85 @@ def test_worker_threads_are_started_only_as_needed():
     DeliveryEngine(config(host_concurrency=2), send=send).run(jobs, on_done=lambda *_: None)
 
     assert len(names) <= 2
+
+
+# --- the event-loop path (the default transport is a coroutine) ----------------------------
+
+
+class AsyncConcurrencyProbe:
+    """The same probe as a coroutine: the engine runs it on its event loop."""
+
+    def __init__(self, delay: float = 0.01, status: int = 200):
+        self.delay = delay
+        self.status = status
+        self.now: Counter = Counter()
+        self.peak: Counter = Counter()
+        self.calls: Counter = Counter()
+        self.sessions: set[int] = set()
+        self.threads: set[str] = set()
+
+    async def __call__(self, prepared: PreparedPostback, *, session) -> AttemptOutcome:
+        host = prepared.host_key
+        self.sessions.add(id(session))
+        self.threads.add(threading.current_thread().name)
+        self.now[host] += 1
+        self.calls[host] += 1
+        self.peak[host] = max(self.peak[host], self.now[host])
+        await asyncio.sleep(self.delay)
+        self.now[host] -= 1
+        return outcome(self.status)
+
+
+def test_async_send_keeps_the_host_cap_on_one_loop_and_one_session():
+    # given 3 hosts, 30 jobs each, cap 3
+    probe = AsyncConcurrencyProbe()
+    jobs = [Job((h, n), prepared(f"h{h}", n)) for n in range(30) for h in range(3)]
+    done = []
+
+    # when
+    DeliveryEngine(config(), send=probe).run(
+        jobs, on_done=lambda job, a: done.append((job.key, threading.current_thread().name))
+    )
+
+    # then
+    assert len(done) == 90
+    assert {name for _, name in done} == {threading.current_thread().name}
+    assert probe.threads == {"postback-loop"}
+    assert len(probe.sessions) == 1
+    assert all(peak == 3 for peak in probe.peak.values())
+    assert sum(probe.calls.values()) == 90
+
+
+def test_async_send_retries_are_parked_and_counted():
+    # given a host that always answers 503
+    probe = AsyncConcurrencyProbe(delay=0.001, status=503)
+    attempts = {}
+
+    # when
+    DeliveryEngine(config(max_attempts=3), send=probe).run(
+        [Job(n, prepared("down", n)) for n in range(5)],
+        on_done=lambda job, a: attempts.__setitem__(job.key, [x.attempt_number for x in a]),
+    )
+
+    # then
+    assert attempts == {n: [1, 2, 3] for n in range(5)}
+    assert probe.peak["http://down"] <= 3
+
+
+def test_async_send_stop_lets_in_flight_attempts_finish():
+    # given slow attempts and a stop right after the first tick
+    probe = AsyncConcurrencyProbe(delay=0.3)
+    done = []
+    ticks = []
+
+    # when
+    DeliveryEngine(config(host_concurrency=2), send=probe.__call__, tick=0.05).run(
+        [Job(n, prepared("h", n)) for n in range(20)],
+        on_done=lambda job, a: done.append((job.key, a[-1].outcome.delivered)),
+        on_tick=lambda: ticks.append(1),
+        should_stop=lambda: bool(ticks),
+    )
+
+    # then: only the two in flight were sent, and both finished delivered
+    assert sum(probe.calls.values()) == 2
+    assert sorted(done) == [(0, True), (1, True)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import shutil
 import socket
@@ -10,19 +11,18 @@ import subprocess
 import time
 
 import pytest
-import requests
 
 from conversions.delivery import guard
 from conversions.delivery.guard import (
     BlockedAddress,
+    HostNotFound,
+    allowed_addresses,
     is_blocked_ip,
     parse_host_literal,
-    pick_address,
     resolve_host,
 )
-from conversions.delivery.transport import send_attempt
 from tests import test_transport
-from tests.test_transport import RawServer, prepared
+from tests.test_transport import RawServer, prepared, send_attempt
 
 fast = test_transport.fast
 raw_server = test_transport.raw_server
@@ -338,6 +338,51 @@ def test_a_name_that_rebinds_is_checked_again(fast, raw_server, session, resolve
     assert server.connections == 1
 
 
+def test_a_narrowed_allow_list_also_stops_a_kept_alive_connection(fast, raw_server, session):
+    # given: a keep-alive receiver, one postback delivered while 127.0.0.1 is allowed
+    def keep_alive(server: RawServer, conn: socket.socket) -> None:
+        while server.read_request(conn):
+            server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = raw_server(keep_alive)
+    first = send_attempt(prepared(server.url()), session=session)
+
+    # when: the allow-list no longer opens it
+    fast.POSTBACK_ALLOWED_NETWORKS = []
+    second = send_attempt(prepared(server.url()), session=session)
+
+    # then: the pooled connection was not used for a second request
+    assert first.delivered
+    assert second.error == "blocked_address"
+    assert server.connections == 1
+    assert len([r for r in server.requests if r]) == 1
+
+
+def test_the_connector_refuses_a_kept_alive_connection_to_a_name(
+    fast, raw_server, session, resolver
+):
+    # given: a name whose connection stays open
+    def keep_alive(server: RawServer, conn: socket.socket) -> None:
+        while server.read_request(conn):
+            server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = raw_server(keep_alive)
+    resolver.answers["tracker.example"] = ["127.0.0.1"]
+    url = f"http://tracker.example:{server.port}/pb"
+    first = send_attempt(prepared(url), session=session)
+
+    # when
+    fast.POSTBACK_ALLOWED_NETWORKS = ["10.0.0.0/8"]
+    second = send_attempt(prepared(url), session=session)
+
+    # then
+    assert first.delivered
+    assert (second.error, second.retryable) == ("blocked_address", False)
+    assert "127.0.0.1" in second.error_detail
+    assert resolver.calls == ["tracker.example"]  # the kept connection, not a new lookup
+    assert len([r for r in server.requests if r]) == 1
+
+
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
 def test_ipv6_loopback_follows_the_allow_list(settings, raw_server, session):
     # given
@@ -368,37 +413,56 @@ def test_unresolvable_name_is_a_connection_error(fast, session, resolver):
     assert outcome.retryable
 
 
-def test_pick_address_raises_blocked_with_the_address(settings, resolver):
+def test_allowed_addresses_raises_blocked_with_the_address(settings, resolver):
     # given
     settings.POSTBACK_ALLOWED_NETWORKS = []
     resolver.answers["tracker.example"] = ["192.168.1.10", "10.0.0.1"]
 
     # when
     with pytest.raises(BlockedAddress) as caught:
-        pick_address("tracker.example", 80)
+        allowed_addresses("tracker.example", 80)
 
     # then
     assert caught.value.address == ip("192.168.1.10")
-    assert isinstance(caught.value, requests.exceptions.ConnectionError)
-    assert caught.value.response is None
+    assert isinstance(caught.value, OSError)  # aiohttp reports resolver OSErrors as such
 
 
-def test_pick_address_with_no_answer(resolver):
+def test_allowed_addresses_keeps_only_allowed_candidates_in_order(settings, resolver):
+    # given
+    settings.POSTBACK_ALLOWED_NETWORKS = ["127.0.0.1/32", "::1/128"]
+    resolver.answers["mixed.example"] = ["10.0.0.1", "::1", "127.0.0.2", "127.0.0.1"]
+
+    # then
+    assert allowed_addresses("mixed.example", 80) == [ip("::1"), ip("127.0.0.1")]
+
+
+def test_allowed_addresses_with_no_answer(resolver):
     resolver.answers["empty.example"] = []
-    with pytest.raises(requests.exceptions.ConnectionError):
-        pick_address("empty.example", 80)
+    with pytest.raises(HostNotFound):
+        allowed_addresses("empty.example", 80)
+
+
+def test_guarded_resolver_resolves_once_and_hands_aiohttp_only_allowed_addresses(
+    settings, resolver
+):
+    # given
+    settings.POSTBACK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    resolver.answers["tracker.example"] = ["127.0.0.2", "127.0.0.1"]
+
+    # when
+    answer = asyncio.run(guard.GuardedResolver().resolve("tracker.example", 8080))
+
+    # then
+    assert resolver.calls == ["tracker.example"]
+    assert [(a["hostname"], a["host"], a["port"]) for a in answer] == [
+        ("tracker.example", "127.0.0.1", 8080)
+    ]
 
 
 def test_resolve_host_does_not_look_up_literals(no_system_dns):
     assert resolve_host("0x7f.1", 80) == [ip("127.0.0.1")]
     assert resolve_host("::1", 80) == [ip("::1")]
     assert no_system_dns == []
-
-
-def test_adapter_pool_size_is_configurable():
-    adapter = guard.GuardedAdapter(pool_connections=3, pool_maxsize=17)
-    assert adapter.poolmanager.connection_pool_kw["maxsize"] == 17
-    assert adapter.poolmanager.pools._maxsize == 3
 
 
 def test_session_ignores_environment_proxies(fast, raw_server, monkeypatch):
@@ -413,7 +477,8 @@ def test_session_ignores_environment_proxies(fast, raw_server, monkeypatch):
     # then
     assert outcome.delivered
     assert server.connections == 1
-    assert s.trust_env is False
+    assert s.client.trust_env is False
+    s.close()
 
 
 # --- TLS: certificate and SNI keep the name while the socket goes to the pinned IP -------
@@ -441,8 +506,17 @@ def tls_files(tmp_path_factory):
     return d
 
 
+@pytest.fixture
+def tls_session(tls_files):
+    s = test_transport.new_session(
+        pool_size=4, ssl_context=ssl.create_default_context(cafile=str(tls_files / "ca.pem"))
+    )
+    yield s
+    s.close()
+
+
 def test_https_verifies_the_name_and_sends_sni_to_the_pinned_ip(
-    fast, raw_server, session, resolver, tls_files, no_system_dns
+    fast, raw_server, tls_session, resolver, tls_files, no_system_dns
 ):
     # given: a TLS receiver on 127.0.0.1 with a certificate for tracker.example only
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -457,7 +531,7 @@ def test_https_verifies_the_name_and_sends_sni_to_the_pinned_ip(
     server = raw_server(tls_ok)
     resolver.answers["tracker.example"] = ["127.0.0.1"]
     resolver.answers["other.example"] = ["127.0.0.1"]
-    session.verify = str(tls_files / "ca.pem")
+    session = tls_session
 
     # when
     good = send_attempt(prepared(f"https://tracker.example:{server.port}/pb"), session=session)

@@ -6,6 +6,8 @@ pytest-httpserver plays the well-behaved ones.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import socket
 import threading
@@ -22,17 +24,55 @@ from pytest_httpserver import HTTPServer
 from standardwebhooks import Webhook
 from werkzeug import Response
 
+from conversions.delivery import guard, transport
 from conversions.delivery.transport import (
     AttemptOutcome,
     PreparedPostback,
-    new_session,
+    new_async_session,
     prepare_postback,
-    send_attempt,
+    send_attempt_async,
 )
 from conversions.models import Conversion, Postback
 
 EVENT_ID = uuid.UUID("3b0f6a7e-0c7d-4a55-9d43-5d3a3c3b8f10")
 SLACK = 3.0  # seconds of leeway for a slow machine in "ended by the deadline" checks
+
+
+# --- the async transport, driven from synchronous tests ------------------------------------
+
+
+class LoopSession:
+    """An aiohttp session on its own event loop thread, as the engine runs it."""
+
+    def __init__(self, *, pool_size: int = 4, **kwargs) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def open_session():
+            return new_async_session(pool_size=pool_size, **kwargs)
+
+        self.client = self.run(open_session())
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.run(self.client.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+def send_attempt(
+    prepared: PreparedPostback, *, session: LoopSession, clock: Callable[[], float] = time.time
+) -> AttemptOutcome:
+    """`send_attempt_async` on the session's loop; safe to call from several threads."""
+    return session.run(send_attempt_async(prepared, session=session.client, clock=clock))
+
+
+def new_session(*, pool_size: int, **kwargs) -> LoopSession:
+    return LoopSession(pool_size=pool_size, **kwargs)
 
 
 # --- receivers ---------------------------------------------------------------------------
@@ -378,7 +418,7 @@ def test_receiver_cookies_are_not_sent_back(fast, receiver, session):
     # then
     assert all(o.delivered for o in outcomes)
     assert [req.headers.get("Cookie") for req, _ in receiver.log] == [None, None]
-    assert len(session.cookies) == 0
+    assert len(session.client.cookie_jar) == 0
 
 
 def test_new_session_sizes_its_pools(settings):
@@ -386,11 +426,16 @@ def test_new_session_sizes_its_pools(settings):
     s = new_session(pool_size=8, host_pools=50)
 
     # then
-    adapter = s.get_adapter("https://tracker.example/")
-    assert adapter.poolmanager.connection_pool_kw["maxsize"] == 8
-    assert adapter.poolmanager.pools._maxsize == 50
-    assert s.get_adapter("http://tracker.example/") is adapter
-    assert s.trust_env is False
+    try:
+        connector = s.client.connector
+        assert connector.limit_per_host == 8
+        assert connector.limit == 400
+        assert connector.use_dns_cache is False
+        assert isinstance(connector, guard.GuardedConnector)
+        assert s.client.trust_env is False
+        assert s.client.auto_decompress is False
+    finally:
+        s.close()
 
 
 # --- redirects ---------------------------------------------------------------------------
@@ -575,7 +620,7 @@ def test_unexpected_errors_become_outcomes(fast, session, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom token=abc123")
 
-    monkeypatch.setattr(session, "send", explode)
+    monkeypatch.setattr(transport, "_headers", explode)
 
     # when
     outcome = send_attempt(prepared("http://127.0.0.1:9/pb"), session=session)
@@ -643,9 +688,13 @@ def test_a_deadline_cuts_only_its_own_attempt_in_a_shared_session(fast, raw_serv
     answered_after_cut = threading.Event()
 
     def trickle(server: RawServer, conn: socket.socket) -> None:
+        # A well-formed start, then one header byte at a time for ever (a client may
+        # refuse a malformed status line at once; this one it has to wait out).
         server.read_request(conn)
-        while not server.stopped.wait(0.3):
-            server.send(conn, b"H")
+        for byte in itertools.chain(b"HTTP/1.1 200 OK\r\nX-Slow: ", itertools.repeat(97)):
+            if server.stopped.wait(0.3):
+                return
+            server.send(conn, bytes([byte]))
 
     def slow_ok(server: RawServer, conn: socket.socket) -> None:
         server.read_request(conn)

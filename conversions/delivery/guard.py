@@ -1,42 +1,39 @@
 """The address guard: postbacks never reach internal networks unless an operator opens them.
 
-Why our own adapter rather than `requests_hardened.IPFilterAdapter`: that adapter checks
-only the first address a name resolves to, has a loopback switch but no CIDR allow-list,
-and judges IPv6 forms that embed an IPv4 address (NAT64, 6to4, Teredo) by their IPv6
-range, not by the IPv4 inside. The pinning idea is the same and fits `requests` well:
+The transport is aiohttp; the guard is its resolver (`GuardedResolver`):
 
 1. the host is resolved once (`resolve_host`, patchable in tests);
-2. every candidate address is checked; the first allowed one is used, and when none is
-   allowed the send stops with `BlockedAddress` before any socket is opened;
-3. urllib3 is handed that IP as the pool's host, so it connects to the checked address
-   with no second lookup, while the Host header, TLS SNI and certificate check keep the
-   name from the URL.
+2. every candidate address is checked; only allowed ones are handed to aiohttp, and when
+   none is left the lookup fails with `BlockedAddress`, before any socket is opened;
+3. aiohttp connects to exactly those addresses, while the Host header, TLS SNI and the
+   certificate check keep the name from the URL.
 
-Connection pools are keyed by the pinned IP (and, for TLS, the name), so a keep-alive
-connection is only ever reused for the address it was checked for.
+aiohttp skips the resolver for hosts that are canonical IP literals, so the transport
+checks literal hosts itself (`check_literal`) with the same verdict. The connector is
+built without a DNS cache, so every new connection goes through a fresh, checked lookup.
+`GuardedConnector` checks once more, before every request, the address the connection it
+is handed (new or kept alive) is actually connected to: an allow-list narrowed while a
+process runs also applies to keep-alive connections opened before.
 
-The adapter also reports every socket it uses to observers registered by the calling
-thread (`observe_sockets`): the transport uses that to cut a connection whose whole
-attempt deadline has passed, even while a receiver trickles its headers.
+Why not `requests_hardened.IPFilterAdapter` (when this was a `requests` adapter): it
+checks only the first address a name resolves to, has a loopback switch but no CIDR
+allow-list, and judges IPv6 forms that embed an IPv4 address (NAT64, 6to4, Teredo) by
+their IPv6 range, not by the IPv4 inside.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import logging
 import socket
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
-import requests
+from aiohttp import TCPConnector
+from aiohttp.abc import AbstractResolver, ResolveResult
 from django.conf import settings
-from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +63,19 @@ _EXTRA_BLOCKED: tuple[IPNetwork, ...] = tuple(
     )
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_HTTP_PORTS = {"http": 80, "https": 443}
 
 
-class BlockedAddress(requests.exceptions.ConnectionError):
+class BlockedAddress(OSError):
     """The destination resolved only to addresses the guard refuses; nothing was sent."""
 
     def __init__(self, address: IPAddress | None, host: str = "") -> None:
         self.address = address
         self.host = host
         super().__init__(f"blocked address {address} for host {host!r}")
+
+
+class HostNotFound(OSError):
+    """The name did not resolve, or resolved to nothing usable."""
 
 
 # --- the verdict -----------------------------------------------------------------------
@@ -149,6 +149,7 @@ def _is_blocked_plain(ip: IPAddress) -> bool:
 # --- host literals ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked on every attempt of every postback
 def parse_host_literal(host: str) -> IPAddress | None:
     """The address a URL host names literally, or None for a DNS name.
 
@@ -224,119 +225,81 @@ def resolve_host(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
-def pick_address(host: str, port: int) -> IPAddress:
-    """Resolve once and return the first allowed candidate; raise if there is none."""
+def allowed_addresses(host: str, port: int) -> list[IPAddress]:
+    """Resolve once; every allowed candidate in the resolver's order, or raise.
+
+    Raises `HostNotFound` when there is no answer and `BlockedAddress` when every
+    answer is refused.
+    """
     try:
         candidates = resolve_host(host, port)
     except (OSError, UnicodeError) as exc:
-        raise requests.exceptions.ConnectionError(f"cannot resolve host {host!r}: {exc}") from exc
+        raise HostNotFound(f"cannot resolve host {host!r}: {exc}") from exc
+    return check_candidates(host, candidates)
+
+
+def check_candidates(host: str, candidates: Sequence[IPAddress]) -> list[IPAddress]:
     if not candidates:
-        raise requests.exceptions.ConnectionError(f"host {host!r} has no address")
+        raise HostNotFound(f"host {host!r} has no address")
     networks = allowed_networks()
-    for candidate in candidates:
-        if not is_blocked_ip(candidate, allowed=networks):
-            return candidate
-    logger.warning("Blocked postback to %s (%s)", host, ", ".join(map(str, candidates)))
-    raise BlockedAddress(candidates[0], host)
+    allowed = [c for c in candidates if not is_blocked_ip(c, allowed=networks)]
+    if not allowed:
+        logger.warning("Blocked postback to %s (%s)", host, ", ".join(map(str, candidates)))
+        raise BlockedAddress(candidates[0], host)
+    return allowed
 
 
-# --- socket observers (for the whole-attempt deadline) ---------------------------------
-
-_observers = threading.local()
-
-
-@contextmanager
-def observe_sockets(callback: Callable[[socket.socket], None]) -> Iterator[None]:
-    """Call `callback` with every socket the guarded adapter uses in this thread."""
-    stack = _observers.__dict__.setdefault("stack", [])
-    stack.append(callback)
-    try:
-        yield
-    finally:
-        stack.remove(callback)
+def check_literal(host: str) -> IPAddress | None:
+    """The address a literal host names, after the guard's verdict; None for a name."""
+    literal = parse_host_literal(host)
+    if literal is not None:
+        check_candidates(host, [literal])
+    return literal
 
 
-def _notify(sock: socket.socket | None) -> None:
-    if sock is None:
-        return
-    for callback in list(getattr(_observers, "stack", ())):
-        callback(sock)
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver: one lookup, and only guard-approved addresses come out."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[ResolveResult]:
+        if parse_host_literal(host) is not None:
+            addresses = allowed_addresses(host, port)  # no lookup for a literal
+        else:
+            loop = asyncio.get_running_loop()
+            addresses = await loop.run_in_executor(None, allowed_addresses, host, port)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(address),
+                port=port,
+                family=socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        pass
 
 
-class _ObservedHTTPConnection(HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        _notify(self.sock)
+class GuardedConnector(TCPConnector):
+    """A connector that refuses to use a connection whose peer the guard now refuses.
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        _notify(self.sock)  # a reused keep-alive connection
-        super().request(*args, **kwargs)
+    The resolver already kept blocked addresses out of new connections; this catches a
+    keep-alive connection opened under a wider allow-list. The peer address is the one
+    the socket is connected to (asyncio reads it once, when the connection is made).
+    """
 
-
-class _ObservedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _notify(self.sock)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        _notify(self.sock)
-        super().request(*args, **kwargs)
-
-
-class _ObservedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _ObservedHTTPConnection
-
-
-class _ObservedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _ObservedHTTPSConnection
-
-
-# --- the adapter -----------------------------------------------------------------------
-
-
-class GuardedAdapter(HTTPAdapter):
-    """An `HTTPAdapter` that connects only to guard-approved, pinned addresses."""
-
-    def __init__(self, *, pool_connections: int = 10, pool_maxsize: int = 10) -> None:
-        super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _ObservedHTTPPool,
-            "https": _ObservedHTTPSPool,
-        }
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        # A proxy would make its own lookup of the name and defeat the pinning.
-        kwargs["proxies"] = {}
-        return super().send(request, **kwargs)
-
-    def build_connection_pool_key_attributes(
-        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
-            request, verify, cert
-        )
-        scheme = host_params["scheme"]
-        host = host_params["host"] or ""
-        if not host:
-            raise requests.exceptions.InvalidURL("URL has no host")
-        port = host_params["port"]
-        address = pick_address(host, port or _HTTP_PORTS.get(scheme, 80))
-
-        # Copy before adding Host: the caller's header mapping may be shared.
-        headers = CaseInsensitiveDict(request.headers or {})
-        host_header = f"[{host}]" if ":" in host else host
-        headers["Host"] = host_header if port is None else f"{host_header}:{port}"
-        request.headers = headers
-        if scheme == "https":
-            # Verify the certificate and send SNI for the name, not the pinned IP.
-            pool_kwargs["assert_hostname"] = host
-            pool_kwargs["server_hostname"] = host
-        host_params["host"] = str(address)
-        return host_params, pool_kwargs
-
-    def get_connection(self, url: str, proxies: Any = None) -> Any:
-        # The deprecated path skips build_connection_pool_key_attributes, i.e. the guard.
-        raise NotImplementedError("GuardedAdapter only supports get_connection_with_tls_context")
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        connection = await super().connect(req, traces, timeout)
+        transport = connection.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if peer:
+            address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+            if is_blocked_ip(address):
+                connection.close()
+                logger.warning("Blocked postback to %s on a kept-alive connection", address)
+                raise BlockedAddress(address, req.url.raw_host or "")
+        return connection

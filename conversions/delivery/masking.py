@@ -133,8 +133,9 @@ def _mask_literals(text: str, secrets: Iterable[str]) -> str:
 class MaskSecretsFilter(logging.Filter):
     """Masks URL credentials in the records of a library logger we do not control.
 
-    urllib3 logs every request line, query string included, at DEBUG; with
-    `LOG_LEVEL=DEBUG` that would put postback tokens in the logs.
+    HTTP clients log request lines and URLs (urllib3 every request at DEBUG; aiohttp and
+    asyncio when a response or session is left unclosed or a task fails, with the URL in
+    the object's repr); with `LOG_LEVEL=DEBUG` that would put postback tokens in the logs.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -148,14 +149,21 @@ class MaskSecretsFilter(logging.Filter):
         return True
 
 
-# The urllib3 loggers that quote request URLs. A filter on a logger sees only the records
+# The loggers that may quote request URLs. A filter on a logger sees only the records
 # logged to that logger itself, not its children's, hence each by name.
-URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry")
+HTTP_CLIENT_LOGGERS = (
+    "aiohttp.client",
+    "aiohttp.internal",
+    "asyncio",
+    "urllib3.connectionpool",
+    "urllib3.connection",
+    "urllib3.util.retry",
+)
 
 
 def install_log_masking() -> None:
-    """Idempotent: attach one `MaskSecretsFilter` to each urllib3 logger."""
-    for name in URLLIB3_LOGGERS:
+    """Idempotent: attach one `MaskSecretsFilter` to each HTTP client logger."""
+    for name in HTTP_CLIENT_LOGGERS:
         target = logging.getLogger(name)
         if not any(isinstance(existing, MaskSecretsFilter) for existing in target.filters):
             target.addFilter(MaskSecretsFilter())
