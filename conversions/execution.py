@@ -22,7 +22,7 @@ from conversions.models import (
     SkipReason,
 )
 from conversions.recording import FinishedPair, FlushSignal, RunRecorder
-from conversions.results import ConversionResult, Outcome, PairResult, RunCounts
+from conversions.results import ConversionResult, Outcome, PairResult, RunCounts, public_error
 from conversions.skips import (
     ConversionRow,
     PlannedConversion,
@@ -297,12 +297,3 @@ class RunExecutor:
             self.lost = True
         if self.progress is not None:
             self.progress(self.recorder.counts)
-
-
-def public_error(code: str | None) -> str:
-    """The short code a result reports (contract §5). Attempts keep the finer
-    `invalid_url` with its detail; to a client it is a connection that could not be
-    made."""
-    if code == "invalid_url":
-        return "connection_error"
-    return code or "http_status"

@@ -371,7 +371,6 @@ class DeliveryAttempt(models.Model):
         CONNECTION_ERROR = "connection_error"
         HTTP_STATUS = "http_status"
         BLOCKED_ADDRESS = "blocked_address"
-        INVALID_URL = "invalid_url"
 
     run = models.ForeignKey(RetriggerRun, on_delete=models.CASCADE, related_name="attempts")
     conversion = models.ForeignKey(Conversion, on_delete=models.CASCADE, db_index=False)

@@ -22,7 +22,7 @@ from conversions.models import (
     RetriggerRun,
     RunItem,
 )
-from conversions.results import RunCounts
+from conversions.results import RunCounts, public_error
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,8 @@ class RunRecorder:
                     pair.method,
                     pair.masked_url,
                     outcome.status_code,
-                    outcome.error or "",
+                    # The contract's short codes; the detail keeps the finer reason.
+                    public_error(outcome.error) if outcome.error else "",
                     (outcome.error_detail or "")[:500],
                     outcome.delivered,
                     log.attempt_number == last,

@@ -17,6 +17,15 @@ class Outcome:
     WOULD_FIRE = "would_fire"
 
 
+def public_error(code: str | None) -> str:
+    """The short error code a result or a stored attempt reports (contract §5): an URL
+    that cannot be sent is a connection that could not be made; the attempt's detail
+    keeps the finer reason."""
+    if code == "invalid_url":
+        return "connection_error"
+    return code or "http_status"
+
+
 @dataclass(frozen=True)
 class PairResult:
     postback_id: int | None
