@@ -86,21 +86,9 @@ free_port() {
 port_taken() {
     "$PY" -c 'import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", int(sys.argv[1]))) != 0)' "$1"
 }
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-    local seconds="$1" what="$2"
-    shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            echo "demo: $what did not come up within ${seconds} s; see the logs in .demo/" >&2
-            return 1
-        fi
-        sleep 0.2
-    done
-}
-json_get() {  # json_get FILE KEY
-    "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
-}
+WAIT_HINT="see the logs in .demo/"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- 2. Database -----------------------------------------------------------------------
 say "2/6  Database migrations (${DATABASE_URL:+DATABASE_URL}${DATABASE_URL:-db.sqlite3})"

@@ -66,21 +66,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-    local seconds="$1" what="$2"
-    shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            echo "fuzz: $what did not come up within ${seconds} s" >&2
-            return 1
-        fi
-        sleep 0.2
-    done
-}
-json_get() {  # json_get FILE KEY
-    "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The app under test. Only the sink on 127.0.0.1 is opened in the address guard. The
 # throttle is raised so the generated requests reach the validation behind it (the 429
