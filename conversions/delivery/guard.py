@@ -84,13 +84,15 @@ class HostNotFound(OSError):
 def allowed_networks() -> tuple[IPNetwork, ...]:
     """`settings.POSTBACK_ALLOWED_NETWORKS`, read at call time so overrides apply."""
     configured = settings.POSTBACK_ALLOWED_NETWORKS or ()
-    if isinstance(configured, str):
-        configured = configured.split(",")
-    return _parse_networks(tuple(str(item).strip() for item in configured if str(item).strip()))
+    if not isinstance(configured, str):
+        configured = tuple(configured)  # hashable, for the cache below
+    return _parse_networks(configured)
 
 
-@functools.lru_cache(maxsize=32)
-def _parse_networks(cidrs: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+@functools.lru_cache(maxsize=32)  # asked before every request: parse each setting once
+def _parse_networks(configured: str | tuple[Any, ...]) -> tuple[IPNetwork, ...]:
+    items = configured.split(",") if isinstance(configured, str) else configured
+    cidrs = [str(item).strip() for item in items if str(item).strip()]
     networks = []
     for cidr in cidrs:
         try:
@@ -123,7 +125,12 @@ def is_blocked_ip(ip: IPAddress, *, allowed: Sequence[IPNetwork] | None = None) 
     that carry an IPv4 address are judged by that IPv4 address (every one of them, for
     Teredo), because that is where the packets end up.
     """
-    networks = allowed_networks() if allowed is None else allowed
+    networks = allowed_networks() if allowed is None else tuple(allowed)
+    return _blocked_verdict(ip, networks)
+
+
+@functools.lru_cache(maxsize=4096)  # pure; every request re-checks its connection's peer
+def _blocked_verdict(ip: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
     if any(ip.version == net.version and ip in net for net in networks):
         return False
     if isinstance(ip, ipaddress.IPv6Address):
@@ -297,9 +304,14 @@ class GuardedConnector(TCPConnector):
         transport = connection.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         if peer:
-            address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+            address = _peer_address(peer[0])
             if is_blocked_ip(address):
                 connection.close()
                 logger.warning("Blocked postback to %s on a kept-alive connection", address)
                 raise BlockedAddress(address, req.url.raw_host or "")
         return connection
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_address(text: str) -> IPAddress:
+    return ipaddress.ip_address(text.split("%", 1)[0])

@@ -8,6 +8,7 @@ operator still sees what was sent.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable
@@ -43,6 +44,7 @@ _PARAM_IN_TEXT = re.compile(
 _USERINFO_IN_TEXT = re.compile(r"(//[^/\s:@]*):([^/\s@]*)@")
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the same few names come back on every URL
 def is_secret_param(name: str) -> bool:
     normalized = unquote_plus(name).strip().lower()
     if normalized in SECRET_PARAM_NAMES:

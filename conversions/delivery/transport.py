@@ -63,6 +63,9 @@ class PreparedPostback:
     event_id: str
     host_key: str  # "scheme://host:port", the per-host concurrency key
     secret: str = field(default="", repr=False)
+    # The signing secret and the URL's secret values: masked out of whatever the
+    # receiver answers. Found once here, not on every answer.
+    secrets: tuple[str, ...] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def prepare_postback(
         event_id=str(event_id),
         host_key=host_key(url),
         secret=secret if method == "POST" else "",
+        secrets=tuple(filter(None, (secret, *url_secrets(url)))),
     )
 
 
@@ -182,17 +186,22 @@ async def send_attempt_async(
     )
 
 
+def _secrets(prepared: PreparedPostback) -> tuple[str, ...] | list[str]:
+    if prepared.secrets is not None:
+        return prepared.secrets
+    return [prepared.secret, *url_secrets(prepared.url)]  # built by hand (tests)
+
+
 def _masked_excerpt(excerpt: str, prepared: PreparedPostback) -> str:
     if not excerpt:
         return ""
-    return mask_text(excerpt, secrets=[prepared.secret, *url_secrets(prepared.url)])
+    return mask_text(excerpt, secrets=_secrets(prepared))
 
 
 def _masked_detail(detail: str, prepared: PreparedPostback) -> str:
-    if not detail:  # the usual case: finding the URL's secrets costs more than the request
+    if not detail:  # the usual case
         return ""
-    secrets = [prepared.secret, *url_secrets(prepared.url)]
-    return _clean(mask_text(detail, secrets=secrets))[:ERROR_DETAIL_MAX]
+    return _clean(mask_text(detail, secrets=_secrets(prepared)))[:ERROR_DETAIL_MAX]
 
 
 # (status_code, error, error_detail, response_excerpt, retry_after)
