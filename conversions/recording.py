@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
-from conversions.bulk import copy_rows, insert_run_items
+from conversions.bulk import add_to_run, copy_rows, insert_run_items
 from conversions.delivery.engine import AttemptLog
 from conversions.models import (
     DeliveryAttempt,
@@ -102,8 +101,12 @@ class RunRecorder:
         with transaction.atomic():
             held = set(chunk_ids) | set(self._done_chunks)
             if held and self.worker:
-                mine = RetriggerChunk.objects.filter(pk__in=held, worker=self.worker).count()
+                # The heartbeat doubles as the ownership check: one statement.
+                mine = RetriggerChunk.objects.filter(pk__in=held, worker=self.worker).update(
+                    heartbeat_at=now
+                )
                 if mine < len(held):
+                    transaction.set_rollback(True)
                     logger.warning("run %s: a chunk of %s was taken over", self.run.pk, self.worker)
                     self._reset()
                     return FlushSignal.LOST
@@ -124,25 +127,22 @@ class RunRecorder:
                 # over after a crash then finds either the claim or the counted item.
                 ids = [item[0] for item, _ in self._items]
                 DeliveryClaim.objects.filter(run=self.run, conversion_id__any_of=ids).delete()
-            updates = {"heartbeat_at": now}
-            for name in ("processed", "retriggered", "delivered", "failed", "skipped"):
-                if value := getattr(delta, name):
-                    updates[name] = F(name) + value
+            increments = {
+                name: value
+                for name in ("processed", "retriggered", "delivered", "failed", "skipped")
+                if (value := getattr(delta, name))
+            }
             for reason, value in delta.skipped_by_reason.items():
-                updates[f"skipped_{reason}"] = F(f"skipped_{reason}") + value
-            RetriggerRun.objects.filter(pk=self.run.pk).update(**updates)
+                increments[f"skipped_{reason}"] = value
+            cancel_requested = add_to_run(
+                RetriggerRun, run_id=self.run.pk, increments=increments, heartbeat_at=now
+            )
             if self._done_chunks:
                 RetriggerChunk.objects.filter(pk__in=self._done_chunks).update(
-                    status=RetriggerChunk.Status.DONE, heartbeat_at=now
+                    status=RetriggerChunk.Status.DONE
                 )
-            if chunk_ids:
-                RetriggerChunk.objects.filter(
-                    pk__in=chunk_ids, status=RetriggerChunk.Status.RUNNING
-                ).update(heartbeat_at=now)
         self._reset()
-        if RetriggerRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
-            return FlushSignal.CANCEL
-        return FlushSignal.CONTINUE
+        return FlushSignal.CANCEL if cancel_requested else FlushSignal.CONTINUE
 
     def _attempt_rows(self, now) -> Iterator[tuple]:
         """One tuple per attempt, in the order of `ATTEMPT_FIELDS`."""
