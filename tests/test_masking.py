@@ -101,3 +101,44 @@ def test_url_secrets_collects_values_to_mask_in_messages():
 )
 def test_is_secret_param(name, secret):
     assert is_secret_param(name) is secret
+
+
+# The shortcut for URLs expanded from a template must agree with the full parse on every
+# template, including values built to look like parameters, passwords and fragments.
+EXPANSION_TEMPLATES = [
+    "https://t.example/pb?click={click_id}&payout={payout}",
+    "https://t.example/pb?token={sub1}&c={click_id}",
+    "https://t.example/pb?{sub1}={sub2}&c=1",
+    "https://t.example/pb?x{sub1}=v",
+    "https://t.example/pb?a={sub1}#frag={sub2}",
+    "https://t.example/pb#{sub1}=1&access_token={sub2}",
+    "https://u:{sub1}@t.example/pb?c={click_id}",
+    "https://{sub1}.t.example/pb?c={click_id}",
+    "https://t.example/{sub1}/{sub2}?c=%7Bclick_id%7D",
+    "https://t.example/pb?token=&c={sub1}",
+    "https://t.example/pb?c={sub1}&apikey=fixed",
+    "https://t.example:99999/pb?c={sub1}",
+    "https://t.example/pb?c={sub1}{sub2}&{sub3}",
+]
+EXPANSION_VALUES = [
+    "plain",
+    "token=abc",
+    "a&token=x",
+    "u:p@h",
+    "#access_token=z",
+    "%74oken",
+    "whsec_s3",
+]
+
+
+@pytest.mark.parametrize("template", EXPANSION_TEMPLATES)
+@pytest.mark.parametrize("value", EXPANSION_VALUES)
+@pytest.mark.parametrize("secret", ["", "whsec_s3"])
+def test_mask_expanded_url_agrees_with_the_full_parse(template, value, secret):
+    from conversions.delivery.macros import expand_url
+    from conversions.delivery.masking import mask_expanded_url
+
+    url = expand_url(template, {"sub1": value, "sub2": value, "sub3": value, "click_id": "c1"})
+    masked, secrets = mask_expanded_url(url, template=template, secret=secret)
+    assert masked == mask_url(url, secrets=[secret])
+    assert set(secrets) == set(filter(None, [secret, *url_secrets(url)]))

@@ -726,3 +726,37 @@ def test_a_deadline_cuts_only_its_own_attempt_in_a_shared_session(fast, raw_serv
     assert [o.error for o in cut_outcomes] == ["timeout"] * 4
     assert [o.delivered for o in kept_outcomes] == [True] * 4
     assert cut_finished_first
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "http://T.Example:8080/pb?c={click_id}",
+        "https://t.example/pb?c={click_id}&p={payout}&e={event_id}",
+        "https://{sub1}.t.example/pb",
+        "http://[::1]:99/x{sub1}",
+        "https://t.example:99999/pb?c={sub1}",
+        "http://u:pw@t.example/pb?token={sub1}",
+        "https://t%7B.example/pb?{sub1}=1",
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_prepared_postback_matches_the_full_expansion(template, method):
+    """The per-template shortcuts (macros asked for, host key, masking) change nothing."""
+    from conversions.delivery.macros import expand_url, macro_values
+    from conversions.delivery.masking import mask_url
+
+    row = Conversion(
+        id=5, account_id=1, affiliate_id=2, conversion_type_id=1, click_id=uuid.uuid4(),
+        transaction_id="tx", status="approved", payout=Decimal("1.5"), revenue=Decimal("2"),
+        currency="EUR", converted_at=datetime(2026, 1, 1, tzinfo=UTC), sub1="a-b",
+    )  # fmt: skip
+    postback = Postback(url=template, method=method, secret="whsec_c2VjcmV0")
+    prepared = prepare_postback(postback, row, conversion_type_name="sale", event_id=EVENT_ID)
+    values = macro_values(row, conversion_type_name="sale", event_id=EVENT_ID)
+    url = expand_url(template, values)
+    assert prepared.url == url
+    assert prepared.host_key == transport.host_key(url)
+    assert prepared.masked_url == mask_url(url, secrets=[postback.secret])
+    if method == "POST":
+        assert json.loads(prepared.body) == values

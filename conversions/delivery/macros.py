@@ -8,8 +8,10 @@ braces percent-encoded (`%7Bclick_id%7D`), which count as the plain form.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -54,30 +56,29 @@ def template_macros(template: str) -> set[str]:
 
 
 def macro_values(
-    conversion: Any, *, conversion_type_name: str, event_id: uuid.UUID
+    conversion: Any,
+    *,
+    conversion_type_name: str,
+    event_id: uuid.UUID,
+    names: Iterable[str] = MACROS,
 ) -> dict[str, str]:
-    """The text of every macro for one conversion; a missing value is ''."""
-    converted_at = conversion.converted_at
-    values: dict[str, Any] = {
-        "click_id": conversion.click_id,
-        "conversion_id": conversion.pk,
-        "transaction_id": conversion.transaction_id,
-        "payout": _money(conversion.payout),
-        "revenue": _money(conversion.revenue),
-        "currency": conversion.currency,
-        "status": conversion.status,
-        "conversion_type": conversion_type_name,
-        "affiliate_id": conversion.affiliate_id,
-        "account_id": conversion.account_id,
-        "brand_id": conversion.brand_id,
-        "traffic_source_id": conversion.traffic_source_id,
-        "converted_at": _iso_utc(converted_at),
-        "timestamp": _unix_seconds(converted_at),
-        "event_id": event_id,
-    }
-    for n in range(1, 6):
-        values[f"sub{n}"] = getattr(conversion, f"sub{n}", None)
-    return {name: "" if value is None else str(value) for name, value in values.items()}
+    """The text of each macro in `names` (default: every one) for one conversion.
+
+    A missing value is ''. Names that are not macros are left out (they expand to '').
+    A GET postback asks only for the macros its template uses.
+    """
+    values: dict[str, str] = {}
+    for name in names:
+        read = _READERS.get(name)
+        if read is not None:
+            value = read(conversion, conversion_type_name, event_id)
+            values[name] = "" if value is None else str(value)
+    return values
+
+
+def template_names(template: str) -> frozenset[str]:
+    """The macros a template uses, as `macro_values(names=...)` takes them."""
+    return _compiled(template)[1]
 
 
 def expand_url(template: str, values: dict[str, str]) -> str:
@@ -86,14 +87,59 @@ def expand_url(template: str, values: dict[str, str]) -> str:
     A macro without a value (unknown names included; save-time validation refuses those)
     becomes empty, and stray braces are encoded, so no literal `{`/`}` or macro is sent.
     """
+    literals, _ = _compiled(template)
+    if len(literals) == 1:
+        return literals[0]
+    out = [literals[0]]
+    for index in range(1, len(literals), 2):
+        out.append(quote(values.get(literals[index], ""), safe=""))
+        out.append(literals[index + 1])
+    return "".join(out)
 
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        return quote(values.get(name, ""), safe="")
 
-    expanded = MACRO_PATTERN.sub(replace, template)
-    # Values are already encoded, so any brace left came from the template itself.
-    return expanded.replace("{", "%7B").replace("}", "%7D")
+@functools.lru_cache(maxsize=1024)  # a run expands the same few templates many times
+def _compiled(template: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """(literal, name, literal, name, ..., literal) and the names, from one parse.
+
+    Braces left in the literals came from the template itself and are encoded here;
+    values are encoded whole (`quote(safe="")`), so they can hold none.
+    """
+    pieces: list[str] = []
+    position = 0
+    for match in MACRO_PATTERN.finditer(template):
+        pieces.append(_encode_braces(template[position : match.start()]))
+        pieces.append(match.group(1))
+        position = match.end()
+    pieces.append(_encode_braces(template[position:]))
+    return tuple(pieces), frozenset(pieces[1::2])
+
+
+def _encode_braces(text: str) -> str:
+    return text.replace("{", "%7B").replace("}", "%7D")
+
+
+def _sub(n: int) -> Callable[[Any, str, uuid.UUID], Any]:
+    return lambda c, _t, _e: getattr(c, f"sub{n}", None)
+
+
+_READERS: dict[str, Callable[[Any, str, uuid.UUID], Any]] = {
+    "click_id": lambda c, _t, _e: c.click_id,
+    "conversion_id": lambda c, _t, _e: c.pk,
+    "transaction_id": lambda c, _t, _e: c.transaction_id,
+    "payout": lambda c, _t, _e: _money(c.payout),
+    "revenue": lambda c, _t, _e: _money(c.revenue),
+    "currency": lambda c, _t, _e: c.currency,
+    "status": lambda c, _t, _e: c.status,
+    "conversion_type": lambda _c, t, _e: t,
+    "affiliate_id": lambda c, _t, _e: c.affiliate_id,
+    "account_id": lambda c, _t, _e: c.account_id,
+    "brand_id": lambda c, _t, _e: c.brand_id,
+    "traffic_source_id": lambda c, _t, _e: c.traffic_source_id,
+    "converted_at": lambda c, _t, _e: _iso_utc(c.converted_at),
+    "timestamp": lambda c, _t, _e: _unix_seconds(c.converted_at),
+    "event_id": lambda _c, _t, e: e,
+    **{f"sub{n}": _sub(n) for n in range(1, 6)},
+}
 
 
 def _money(value: Decimal | int | float | str | None) -> str | None:

@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, unquote_plus, urlsplit, urlunsplit
 
+from conversions.delivery.macros import MACRO_PATTERN
+
 MASK = "***"
 
 SECRET_PARAM_NAMES: frozenset[str] = frozenset(
@@ -107,6 +109,38 @@ def url_secrets(url: str) -> list[str]:
             found.append(value)
             found.append(unquote_plus(value))
     return found
+
+
+def mask_expanded_url(url: str, *, template: str, secret: str = "") -> tuple[str, tuple[str, ...]]:
+    """`mask_url(url, secrets=[secret])` and the secrets to mask out of answers, for a
+    URL expanded from `template`.
+
+    Macro values are encoded whole, so they cannot add a parameter, a password or a
+    fragment: when the template has nothing to mask and no macro where a parameter's
+    name or the authority is, neither has the expanded URL, and the parse is skipped.
+    """
+    if _template_needs_parse(template):
+        masked = mask_url(url, secrets=[secret])
+        found = url_secrets(url)
+    else:
+        masked = _mask_literals(url, [secret]) if secret else url
+        found = []
+    return masked, tuple(filter(None, (secret, *found)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _template_needs_parse(template: str) -> bool:
+    try:
+        parts = urlsplit(template)
+    except ValueError:
+        return True
+    if "@" in parts.netloc or MACRO_PATTERN.search(parts.scheme + parts.netloc):
+        return True
+    for piece in (parts.query + "&" + parts.fragment).split("&"):
+        name, sep, value = piece.partition("=")
+        if sep and (MACRO_PATTERN.search(name) or (value and is_secret_param(name))):
+            return True
+    return False
 
 
 def _mask_params(query: str) -> str:

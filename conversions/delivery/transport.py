@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import json
 import logging
 import re
@@ -41,8 +42,14 @@ import yarl
 from django.conf import settings
 
 from conversions.delivery import guard
-from conversions.delivery.macros import expand_url, macro_values
-from conversions.delivery.masking import install_log_masking, mask_text, mask_url, url_secrets
+from conversions.delivery.macros import MACROS, expand_url, macro_values, template_names
+from conversions.delivery.masking import (
+    install_log_masking,
+    mask_expanded_url,
+    mask_text,
+    mask_url,
+    url_secrets,
+)
 from conversions.delivery.retry import is_retryable, parse_retry_after
 from conversions.delivery.signing import sign
 
@@ -91,22 +98,30 @@ class AttemptOutcome:
 def prepare_postback(
     postback: Any, conversion: Any, *, conversion_type_name: str, event_id: uuid.UUID
 ) -> PreparedPostback:
-    values = macro_values(conversion, conversion_type_name=conversion_type_name, event_id=event_id)
-    url = expand_url(postback.url, values)
+    template = postback.url
     method = str(postback.method).upper()
     secret = postback.secret or ""
+    values = macro_values(
+        conversion,
+        conversion_type_name=conversion_type_name,
+        event_id=event_id,
+        # A POST body carries every macro; a GET only the ones its URL uses.
+        names=MACROS if method == "POST" else template_names(template),
+    )
+    url = expand_url(template, values)
     body = None
     if method == "POST":
         body = json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
+    masked_url, secrets = mask_expanded_url(url, template=template, secret=secret)
     return PreparedPostback(
         method=method,
         url=url,
-        masked_url=mask_url(url, secrets=[secret]),
+        masked_url=masked_url,
         body=body,
         event_id=str(event_id),
-        host_key=host_key(url),
+        host_key=_template_host_key(template) or host_key(url),
         secret=secret if method == "POST" else "",
-        secrets=tuple(filter(None, (secret, *url_secrets(url)))),
+        secrets=secrets,
     )
 
 
@@ -122,6 +137,19 @@ def host_key(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}"
+
+
+_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+@functools.lru_cache(maxsize=1024)
+def _template_host_key(template: str) -> str | None:
+    """The host key of every URL the template expands to, when its `scheme://authority`
+    holds no macro or brace (then expanding cannot change it); else None."""
+    match = _AUTHORITY.match(template)
+    if match is None or any(c in match.group() for c in "{}%"):
+        return None
+    return host_key(match.group())
 
 
 def new_async_session(
