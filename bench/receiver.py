@@ -4,7 +4,9 @@
 
 One asyncio process listens on 127.0.0.1 on `--ports` system-chosen ports (written as a
 JSON list to `--ports-file` once all listen). Each answers every request with 200 and a
-short body after `--latency` seconds, keeping the connection alive (HTTP/1.1). It counts,
+short body after `--latency` seconds, keeping the connection alive (HTTP/1.1); the last
+`--slow-ports` ports of that list (none by default) answer after `--slow-latency`
+seconds instead, a slow host among healthy ones. It counts,
 per port: requests, connections opened, and the peak of connections open at once and
 of requests in flight at once, which is what shows the product's per-host cap.
 
@@ -134,14 +136,23 @@ class Receiver(asyncio.Protocol):
             )
 
 
-async def serve(count: int, latency: float, ports_file: str | None) -> None:
+async def serve(
+    count: int,
+    latency: float,
+    ports_file: str | None,
+    *,
+    slow_ports: int = 0,
+    slow_latency: float = 0.0,
+) -> None:
     loop = asyncio.get_running_loop()
     stats: dict[int, PortStats] = {}
+    # Filled in before the ports are published, so before any connection comes in.
+    latencies: dict[int, float] = {}
     servers = []
     for _ in range(count):
         holder: dict[str, int] = {}
         server = await loop.create_server(
-            lambda h=holder: Receiver(h["port"], stats, latency),
+            lambda h=holder: Receiver(h["port"], stats, latencies[h["port"]]),
             "127.0.0.1",
             0,
             backlog=1024,
@@ -151,6 +162,9 @@ async def serve(count: int, latency: float, ports_file: str | None) -> None:
         stats[port] = PortStats()
         servers.append(server)
     ports = sorted(stats)
+    slow = ports[len(ports) - slow_ports :] if slow_ports > 0 else []
+    for port in ports:
+        latencies[port] = slow_latency if port in slow else latency
     if ports_file:
         tmp = f"{ports_file}.tmp"
         with open(tmp, "w") as handle:
@@ -171,8 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ports", type=int, default=16)
     parser.add_argument("--latency", type=float, default=0.02, help="seconds before answering")
     parser.add_argument("--ports-file")
+    parser.add_argument(
+        "--slow-ports", type=int, default=0, help="the last N ports listed answer slowly"
+    )
+    parser.add_argument(
+        "--slow-latency", type=float, default=0.0, help="seconds before a slow port answers"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.ports, args.latency, args.ports_file))
+    asyncio.run(
+        serve(
+            args.ports,
+            args.latency,
+            args.ports_file,
+            slow_ports=args.slow_ports,
+            slow_latency=args.slow_latency,
+        )
+    )
     return 0
 
 

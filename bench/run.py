@@ -14,7 +14,12 @@ Everything runs on this machine in one go, receiver and clients side by side:
    peak of connections open at once per port, which must stay within the cap;
 2. selection scaling: a selective dry run (`--affiliate-id` of an affiliate with 500
    conversions) at 10k / 100k / 1M rows in PostgreSQL, best of `--scale-repeats`;
-3. memory: a real run over 20k and over 200k conversions, peak resident memory.
+3. memory: a real run over 20k and over 200k conversions, peak resident memory;
+4. isolation: `--isolation-postbacks` pairs over `--hosts` hosts delivered by the product
+   three times: every host healthy, one host slow (`--slow-latency` seconds an answer),
+   one host dead (connection refused, so its pairs are retried). From the stored
+   attempts: the healthy hosts' postbacks per second, from the run's first attempt to
+   the last healthy host's last answer, which must stay near the all-healthy figure.
 
 Databases `<--db-prefix>` and `<--db-prefix>_scale_<rows>` are created next to the one
 `DATABASE_URL` names (PostgreSQL only) and reused on later runs: seeding is skipped
@@ -30,6 +35,7 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -51,9 +57,12 @@ TEMPLATE = (
 THROUGHPUT_ACCOUNT = 1
 MEMORY_ACCOUNT = 2
 SCALE_ACCOUNT = 3
+ISOLATION_ACCOUNT = 4
 NEEDLE_AFFILIATE = 999
 NEEDLE_ROWS = 500
 MEMORY_FIRST_ID = 10_000_001
+ISOLATION_FIRST_ID = 20_000_001
+ISOLATION_FIRST_AFFILIATE = 401
 
 
 # --- databases and seeding ---------------------------------------------------------------
@@ -174,7 +183,11 @@ def seed_conversions(
 
 
 class Receivers:
-    def __init__(self, count: int, latency: float) -> None:
+    """`count` ports answering after `latency`; the last `slow` of them after `slow_latency`."""
+
+    def __init__(
+        self, count: int, latency: float, *, slow: int = 0, slow_latency: float = 0.0
+    ) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="bench-receiver-")
         ports_file = Path(self.dir.name, "ports.json")
         self.process = subprocess.Popen(
@@ -185,6 +198,10 @@ class Receivers:
                 str(count),
                 "--latency",
                 str(latency),
+                "--slow-ports",
+                str(slow),
+                "--slow-latency",
+                str(slow_latency),
                 "--ports-file",
                 str(ports_file),
             ]
@@ -540,6 +557,129 @@ def section_memory(opts, db_url: str, env: dict[str, str]) -> bool:
     return ratio <= 1.5
 
 
+def refused_port() -> int:
+    """A port on 127.0.0.1 where nothing listens: connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def section_isolation(opts, db_url: str, env: dict[str, str]) -> bool:
+    count = opts.isolation_postbacks
+    print(
+        f"\n== isolation: {count:,} postbacks, {opts.hosts} hosts, "
+        f"{opts.latency * 1000:.0f} ms latency, cap {opts.cap} per host; one host slow "
+        f"({opts.slow_latency:g} s an answer) or dead (connection refused) =="
+    )
+    affiliates = list(range(ISOLATION_FIRST_AFFILIATE, ISOLATION_FIRST_AFFILIATE + opts.hosts))
+    victim = affiliates[-1]  # the host that turns slow or dead; the others stay healthy
+    # One port more than hosts: the extra one is the slow host, pointed at when needed.
+    receivers = Receivers(opts.hosts + 1, opts.latency, slow=1, slow_latency=opts.slow_latency)
+    healthy_ports, slow_port = receivers.ports[:-1], receivers.ports[-1]
+    scenarios = [
+        ("all healthy", healthy_ports[-1]),
+        (f"one host slow ({opts.slow_latency:g} s)", slow_port),
+        ("one host dead (refused)", refused_port()),
+    ]
+    rows, rates, complete = [], [], []
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            seed_reference(conn, ISOLATION_ACCOUNT, affiliates)
+            seed_conversions(
+                conn,
+                account=ISOLATION_ACCOUNT,
+                first_id=ISOLATION_FIRST_ID,
+                count=count,
+                affiliates=affiliates,
+                rebuild_indexes=False,
+            )
+            expected = conn.execute(
+                "SELECT count(*) FROM conversions_conversion "
+                "WHERE account_id = %s AND affiliate_id <> %s",
+                [ISOLATION_ACCOUNT, victim],
+            ).fetchone()[0]
+        for label, victim_port in scenarios:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                point_postbacks(conn, affiliates, [*healthy_ports[:-1], victim_port])
+            result = product(
+                db_url,
+                ["--account-id", str(ISOLATION_ACCOUNT), "--limit", str(count), "--force"],
+                env,
+            )
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                healthy = healthy_figures(conn, result["run"]["id"], victim)
+                outcome = victim_outcome(conn, result["run"]["id"], victim)
+            rates.append(healthy["rate"])
+            baseline = max(rates[0], 1e-9)
+            complete.append(healthy["delivered"] == expected)
+            rows.append(
+                [
+                    label,
+                    f"{healthy['rate']:,.0f}",
+                    f"{healthy['rate'] / baseline:.2f}",
+                    f"{healthy['delivered']:,}/{expected:,}",
+                    f"{healthy['seconds']:.1f} s",
+                    outcome,
+                    f"{result['seconds']:.1f} s",
+                ]
+            )
+    finally:
+        receivers.close()
+    print(
+        table(
+            [
+                "scenario",
+                "healthy-host postbacks/s",
+                "ratio to all-healthy",
+                "healthy delivered",
+                "healthy done after",
+                "slow/dead host (attempts)",
+                "whole command",
+            ],
+            rows,
+        )
+    )
+    worst = min(rate / max(rates[0], 1e-9) for rate in rates[1:])
+    print(
+        f"healthy hosts with one slow or dead host: {worst:.2f}x the all-healthy rate at "
+        "worst (goal: >= 0.8x, a slow or dead host does not slow delivery to the others)"
+    )
+    return worst >= 0.8 and all(complete)
+
+
+def healthy_figures(conn: psycopg.Connection, run_id: int, victim: int) -> dict:
+    """Healthy hosts' delivered pairs and the time from the run's first attempt start to
+    their last answer (an attempt's `created_at` is when it started)."""
+    first, last, delivered = conn.execute(
+        "SELECT min(created_at), "
+        "max(created_at + duration_ms * interval '1 millisecond') "
+        "FILTER (WHERE affiliate_id <> %(victim)s), "
+        "count(*) FILTER (WHERE affiliate_id <> %(victim)s AND delivered) "
+        "FROM conversions_deliveryattempt WHERE run_id = %(run)s",
+        {"run": run_id, "victim": victim},
+    ).fetchone()
+    seconds = (last - first).total_seconds() if first and last else 0.0
+    return {"delivered": delivered, "seconds": seconds, "rate": delivered / max(seconds, 1e-6)}
+
+
+def victim_outcome(conn: psycopg.Connection, run_id: int, victim: int) -> str:
+    """Pairs delivered, then attempts by outcome with their median duration."""
+    pairs, delivered = conn.execute(
+        "SELECT count(*) FILTER (WHERE final), count(*) FILTER (WHERE final AND delivered) "
+        "FROM conversions_deliveryattempt WHERE run_id = %s AND affiliate_id = %s",
+        [run_id, victim],
+    ).fetchone()
+    kinds = conn.execute(
+        "SELECT CASE WHEN delivered THEN 'ok' ELSE error END, count(*), "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) "
+        "FROM conversions_deliveryattempt WHERE run_id = %s AND affiliate_id = %s "
+        "GROUP BY 1 ORDER BY 2 DESC",
+        [run_id, victim],
+    ).fetchall()
+    attempts = ", ".join(f"{n:,} {kind} (median {ms:,.0f} ms)" for kind, n, ms in kinds)
+    return f"{delivered:,}/{pairs:,} delivered; {attempts}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--postbacks", type=int, default=4000)
@@ -554,10 +694,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-repeats", type=int, default=3)
     parser.add_argument("--memory", default="20000,200000")
     parser.add_argument("--memory-latency", type=float, default=0.0)
+    parser.add_argument("--isolation-postbacks", type=int, default=4000)
+    parser.add_argument(
+        "--slow-latency", type=float, default=1.0, help="isolation: the slow host's answer, s"
+    )
     parser.add_argument("--db-prefix", default="bench")
     parser.add_argument(
         "--only",
-        choices=["throughput", "scaling", "memory"],
+        choices=["throughput", "scaling", "memory", "isolation"],
         action="append",
         help="run only these sections (repeatable)",
     )
@@ -573,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if opts.workers:
         env["POSTBACK_MAX_WORKERS"] = str(opts.workers)
-    sections = opts.only or ["throughput", "scaling", "memory"]
+    sections = opts.only or ["throughput", "scaling", "memory", "isolation"]
 
     print(
         f"machine: {platform.machine()}, {psutil.cpu_count()} CPUs, "
@@ -595,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
         verdicts["scaling"] = section_scaling(opts, base, env)
     if "memory" in sections:
         verdicts["memory"] = section_memory(opts, db_url, env)
+    if "isolation" in sections:
+        verdicts["isolation"] = section_isolation(opts, db_url, env)
     print("\n" + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in verdicts.items()))
     return 0 if all(verdicts.values()) else 1
 
