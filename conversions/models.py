@@ -275,6 +275,12 @@ class RetriggerRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    workers = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="Workers sharing the run at once; each opens at most "
+        "POSTBACK_HOST_CONCURRENCY / workers connections to a host, so together they "
+        "keep to the cap.",
+    )
     planned = models.BooleanField(
         default=False, help_text="The selection has been cut into chunks (background runs)."
     )

@@ -251,7 +251,7 @@ def run_work(
     progress: Callable[[RunCounts], None] | None = None,
 ) -> list | None:
     """Claim and process chunks of `run` until none is left; finish the run if last."""
-    from conversions.delivery.engine import DeliveryEngine
+    from conversions.delivery.engine import DeliveryEngine, EngineSettings
 
     if not _run_start(run):
         return [] if keep_results else None
@@ -267,7 +267,9 @@ def run_work(
         progress=progress,
         # Short flushes keep the window of fired-but-unrecorded pairs (what a crash can
         # fire twice) small; each flush is one small transaction.
-        engine=DeliveryEngine(tick=WORKER_FLUSH_SECONDS),
+        engine=DeliveryEngine(
+            EngineSettings.from_settings(share_of=run.workers), tick=WORKER_FLUSH_SECONDS
+        ),
     )
     try:
         results = executor.execute(_claimed_batches(run, worker, executor))

@@ -46,11 +46,24 @@ def retrigger_recover_stale() -> list[int]:
 def enqueue_run_workers(run: RetriggerRun) -> None:
     """Enqueue enough workers to share the run's chunks, at most the configured count.
 
+    The count is stored on the run: each worker then keeps to its share of
+    `POSTBACK_HOST_CONCURRENCY`, so all of them together keep to the cap.
+
     Enqueued once the surrounding transaction (if any) commits: a worker on another
     backend than the database (RQ) could otherwise start before the run's rows exist.
     """
-    count = max(1, min(settings.RETRIGGER_WORKERS_PER_RUN, run.chunks.count()))
+    count = max(
+        1,
+        min(
+            settings.RETRIGGER_WORKERS_PER_RUN,
+            run.chunks.count(),
+            # Each worker gets a share of the per-host cap, and no share is below one.
+            settings.POSTBACK_HOST_CONCURRENCY,
+        ),
+    )
     run_id = run.pk
+    RetriggerRun.objects.filter(pk=run_id).update(workers=count)
+    run.workers = count
 
     def enqueue() -> None:
         for _ in range(count):

@@ -196,3 +196,18 @@ def test_a_task_for_a_deleted_run_ends_quietly(queued_run):
     queued_run.delete()
 
     assert retrigger_run_work.call(run_id)["status"] == "missing"
+
+
+def test_the_workers_of_a_run_share_the_per_host_cap(queued_run, settings):
+    from conversions.delivery.engine import EngineSettings
+
+    # 3 chunks, 4 workers allowed: 3 workers, each with a third of the cap of 8
+    queued_run.refresh_from_db()
+    assert queued_run.workers == 3
+    assert EngineSettings.from_settings(share_of=queued_run.workers).host_concurrency == 2
+
+    # a cap below the worker count: fewer workers, never a share of zero
+    settings.POSTBACK_HOST_CONCURRENCY = 2
+    enqueue_run_workers(queued_run)
+    assert queued_run.workers == 2
+    assert EngineSettings.from_settings(share_of=2).host_concurrency == 1

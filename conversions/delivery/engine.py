@@ -83,11 +83,13 @@ class EngineSettings:
     buffer: int
 
     @classmethod
-    def from_settings(cls) -> "EngineSettings":
+    def from_settings(cls, *, share_of: int = 1) -> "EngineSettings":
+        """The engine of one of `share_of` workers sharing a run: each keeps to its share
+        of the per-host cap, so together they keep to the cap."""
         max_workers = max(1, settings.POSTBACK_MAX_WORKERS)
         return cls(
             max_workers=max_workers,
-            host_concurrency=max(1, settings.POSTBACK_HOST_CONCURRENCY),
+            host_concurrency=max(1, settings.POSTBACK_HOST_CONCURRENCY // max(1, share_of)),
             max_attempts=max(1, settings.POSTBACK_MAX_ATTEMPTS),
             retry_base=settings.POSTBACK_RETRY_BASE,
             retry_cap=settings.POSTBACK_RETRY_CAP,
