@@ -51,6 +51,7 @@ def conversions_retrigger(
     background: bool | None = None,
     keep_results: bool | None = None,
     progress: Callable[[RunCounts], None] | None = None,
+    processes: int = 1,
 ) -> RetriggerResult:
     """Re-trigger the postbacks of the conversions matching `criteria`.
 
@@ -73,6 +74,7 @@ def conversions_retrigger(
         background=background,
         keep_results=keep_results,
         progress=progress,
+        processes=processes,
     )
 
 
@@ -123,6 +125,7 @@ def _retrigger(
     background: bool | None,
     keep_results: bool | None,
     progress: Callable[[RunCounts], None] | None,
+    processes: int = 1,
 ) -> RetriggerResult:
     if background is None:
         background = not dry_run and selected > settings.RETRIGGER_SYNC_MAX
@@ -160,7 +163,13 @@ def _retrigger(
         run.refresh_from_db()
         return RetriggerResult(info=info, run=run, counts=RunCounts.from_run(run), results=None)
 
-    results = run_work(run=run, keep_results=keep_results, progress=progress)
+    if processes > 1 and not keep_results:
+        from conversions.forking import run_work_in_processes
+
+        run_work_in_processes(run=run, processes=processes, progress=progress)
+        results = None
+    else:
+        results = run_work(run=run, keep_results=keep_results, progress=progress)
     run.refresh_from_db()
     return RetriggerResult(
         info=info, run=run, counts=RunCounts.from_run(run), results=results or []

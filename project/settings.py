@@ -193,6 +193,9 @@ RETRIGGER_IDEMPOTENCY_TTL = env_int("RETRIGGER_IDEMPOTENCY_TTL", 24 * 3600)
 # How long a repeated keyed request waits for the first one's answer before a 409.
 RETRIGGER_IDEMPOTENCY_WAIT = env_float("RETRIGGER_IDEMPOTENCY_WAIT", 30.0)
 RETRIGGER_ADMIN_PREVIEW_MAX = env_int("RETRIGGER_ADMIN_PREVIEW_MAX", 1000)
+# Processes a foreground `retrigger_conversions` run uses (0: one per usable CPU core);
+# they share the per-host cap. `--processes` overrides it.
+RETRIGGER_COMMAND_PROCESSES = env_int("RETRIGGER_COMMAND_PROCESSES", 0)
 
 POSTBACK_HOST_CONCURRENCY = env_int("POSTBACK_HOST_CONCURRENCY", 8)
 # Attempts in flight at once per process (tasks on the event loop; threads for a

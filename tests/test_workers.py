@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import StringIO
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -73,6 +74,7 @@ class Receiver:
     events: list[str] = field(default_factory=list)
     overlapping: list[str] = field(default_factory=list)
     open_connections: int = 0
+    peak_connections: int = 0
     gate_opened: bool = False
 
     def __post_init__(self) -> None:
@@ -87,6 +89,9 @@ class Receiver:
                 super().setup()
                 with receiver._lock:
                     receiver.open_connections += 1
+                    receiver.peak_connections = max(
+                        receiver.peak_connections, receiver.open_connections
+                    )
 
             def finish(self) -> None:
                 try:
@@ -582,3 +587,93 @@ def test_cancel_stops_a_running_run_and_leaves_the_rest_unfired(
     assert not DeliveryClaim.objects.exists()
     unfired = event_ids(ids, postbacks) - set(received)
     assert unfired and not stored.filter(event_id__in=unfired).exists()
+
+
+# -- the foreground command in several processes ---------------------------------------------
+
+
+def run_in_processes(account, processes: int) -> RetriggerRun:
+    from django.core.management import call_command
+
+    call_command(
+        "retrigger_conversions",
+        "--account-id",
+        str(account.pk),
+        "--processes",
+        str(processes),
+        stdout=StringIO(),
+        stderr=StringIO(),
+    )
+    return RetriggerRun.objects.get()
+
+
+def worker_pids(run: RetriggerRun) -> set[int]:
+    names = RetriggerChunk.objects.filter(run=run).values_list("worker", flat=True)
+    return {int(name.split(":")[-2]) for name in names}
+
+
+def test_command_in_two_processes_fires_each_pair_once_and_keeps_the_cap(
+    settings, receiver_factory, allow_loopback
+):
+    # given 60 conversions in 6 chunks, a cap of 4 connections to the one receiver
+    settings.RETRIGGER_CHUNK_SIZE = 10
+    settings.POSTBACK_HOST_CONCURRENCY = 4
+    receiver = receiver_factory(delay=0.02)
+    account, postbacks, ids = make_world(receiver, conversions=60)
+
+    # when the command runs in two processes
+    run = run_in_processes(account, 2)
+
+    # then both processes worked, every pair was fired once, the cap held across them
+    assert run.status == "completed" and run.workers == 2
+    assert run.processed == run.delivered == 60
+    assert len(worker_pids(run)) == 2 and os.getpid() in worker_pids(run)
+    receiver.wait_idle()
+    assert receiver.counts() == Counter(event_ids(ids, postbacks))
+    assert 1 < receiver.peak_connections <= 4
+    assert_recorded_once(run, pairs=60)
+
+
+def test_command_finishes_the_chunks_of_a_killed_worker_process(
+    settings, receiver_factory, monkeypatch, allow_loopback
+):
+    # given a forked worker that dies (kill -9) right after claiming a chunk
+    from conversions import forking, services
+
+    settings.RETRIGGER_CHUNK_SIZE = 10
+    receiver = receiver_factory()
+    account, postbacks, ids = make_world(receiver, conversions=40)
+
+    def dying_child(run):
+        assert services._chunk_claim(run, services.worker_name()) is not None
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(forking, "_child", dying_child)
+
+    # when
+    run = run_in_processes(account, 2)
+
+    # then the command worked the lost chunk off itself: nothing lost, nothing doubled
+    assert run.status == "completed"
+    assert run.processed == run.delivered == 40
+    receiver.wait_idle()
+    assert receiver.counts() == Counter(event_ids(ids, postbacks))
+    assert_recorded_once(run, pairs=40)
+
+
+def test_a_run_inside_a_transaction_stays_in_this_process(settings, receiver_factory):
+    from django.db import transaction
+
+    from conversions.forking import processes_for
+
+    settings.RETRIGGER_CHUNK_SIZE = 10
+    receiver = receiver_factory()
+    make_world(receiver, conversions=30)
+    run = RetriggerRun.objects.create(actor="t", source="command", criteria={})
+    for seq in range(3):
+        RetriggerChunk.objects.create(run=run, seq=seq, conversion_ids=[])
+
+    assert processes_for(run, 2) == 2
+    assert processes_for(run, 9) == 3  # one a chunk at most
+    with transaction.atomic():
+        assert processes_for(run, 2) == 1

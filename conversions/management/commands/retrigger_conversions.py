@@ -5,12 +5,14 @@ import sys
 import time
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rest_framework.exceptions import ValidationError
 
 from conversions.access import COMMAND_LINE_ACTOR, AccountForbidden, actor_for_user
 from conversions.criteria import parse_criteria
+from conversions.forking import usable_cpus
 from conversions.models import RetriggerRun
 from conversions.results import RunCounts, run_document
 from conversions.services import conversions_retrigger
@@ -70,19 +72,34 @@ class Command(BaseCommand):
         parser.add_argument(
             "--follow", type=int, metavar="RUN_ID", help="show an existing run's progress"
         )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            metavar="N",
+            help="processes for a foreground run, sharing the per-host cap "
+            "(default: RETRIGGER_COMMAND_PROCESSES; 0 = one per CPU core)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         actor = self._actor(options.get("user"))
         if options.get("follow") is not None:
             extra = [
                 f"--{name.replace('_', '-')}"
-                for name in (*LIST_OPTIONS, *SCALAR_OPTIONS, "force", "dry_run", "background")
+                for name in (
+                    *LIST_OPTIONS,
+                    *SCALAR_OPTIONS,
+                    "force",
+                    "dry_run",
+                    "background",
+                    "processes",
+                )
                 if options.get(name) not in (None, False)
             ]
             if extra:
                 raise CommandError(f"--follow shows an existing run; drop {', '.join(extra)}.")
             self._follow(options["follow"], actor, as_json=options["json"])
             return
+        options["processes"] = self._processes(options.get("processes"))
         body = self._body(options)
         try:
             criteria = parse_criteria(body)
@@ -118,6 +135,7 @@ class Command(BaseCommand):
                 background=bool(options["background"]),
                 keep_results=options["json"],
                 progress=progress,
+                processes=options["processes"],
             )
         except AccountForbidden as exc:
             raise CommandError(str(exc)) from exc
@@ -136,6 +154,14 @@ class Command(BaseCommand):
         if actor.admin_account_ids is not None and not actor.admin_account_ids:
             raise CommandError(f"{username} is not an account admin.")
         return actor
+
+    @staticmethod
+    def _processes(value: int | None) -> int:
+        if value is None:
+            value = settings.RETRIGGER_COMMAND_PROCESSES
+        if value < 0:
+            raise CommandError("--processes must be 0 (one per CPU core) or more.")
+        return value or usable_cpus()
 
     @staticmethod
     def _body(options: dict[str, Any]) -> dict[str, Any]:
