@@ -100,6 +100,9 @@ class EngineSettings:
 class _Workers:
     """HTTP threads fed by one queue; outcomes come back on another."""
 
+    depth = 1  # a thread starts what it is handed at once
+    stopping = False
+
     def __init__(self, size: int, send: Callable[..., AttemptOutcome], session) -> None:
         self.size = size
         self.send = send
@@ -110,6 +113,7 @@ class _Workers:
         self.idle = 0  # read and written by the scheduler thread only
 
     def submit(self, pending: _Pending) -> None:
+        pending.started_at = timezone.now()
         if self.idle == 0 and len(self.threads) < self.size:
             thread = threading.Thread(
                 target=self._work, name=f"postback-{len(self.threads)}", daemon=True
@@ -145,11 +149,23 @@ class _Workers:
 
 
 class _EventLoopWorkers:
-    """Attempts as tasks on one event loop in a background thread; same face as _Workers."""
+    """Attempts as tasks on one event loop in a background thread; same face as _Workers.
 
-    def __init__(self, send: Callable[..., Any], pool_size: int) -> None:
+    The scheduler hands the loop up to `depth` times the caps, and the loop itself keeps
+    to them (a semaphore per host, and one for `max_workers`): while the scheduler
+    thread is busy (loading the next chunk, flushing) the loop starts the next attempts
+    on its own instead of idling until the scheduler looks again.
+    """
+
+    depth = 4
+
+    def __init__(self, send: Callable[..., Any], pool_size: int, max_workers: int) -> None:
         self.send = send
-        self.done: queue.SimpleQueue[tuple[_Pending, AttemptOutcome]] = queue.SimpleQueue()
+        self.cap = pool_size
+        self.done: queue.SimpleQueue[tuple[_Pending, AttemptOutcome | None]] = queue.SimpleQueue()
+        # Set by the scheduler on a stop: handed-over attempts not started yet come back
+        # unstarted (outcome None) instead of being sent.
+        self.stopping = False
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="postback-loop", daemon=True
@@ -157,11 +173,17 @@ class _EventLoopWorkers:
         self.thread.start()
         self.tasks: set[asyncio.Task] = set()
         self.batch: list[_Pending] = []
+        self.host_slots: dict[str, asyncio.Semaphore] = {}
         try:
             self.session = self._call(self._open(pool_size))
+            self.slots = self._call(self._semaphore(max_workers))
         except BaseException:
             self._shut_loop()
             raise
+
+    @staticmethod
+    async def _semaphore(size: int) -> asyncio.Semaphore:
+        return asyncio.Semaphore(size)
 
     def _call(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
@@ -189,11 +211,20 @@ class _EventLoopWorkers:
             task.add_done_callback(self.tasks.discard)
 
     async def _one(self, pending: _Pending) -> None:
-        try:
-            outcome = await self.send(pending.job.prepared, session=self.session)
-        except Exception as exc:  # send_attempt_async never raises; this guards a bug in it
-            logger.exception("postback transport raised")
-            outcome = _internal_error(exc)
+        host_slots = self.host_slots.get(pending.host)
+        if host_slots is None:
+            host_slots = self.host_slots[pending.host] = asyncio.Semaphore(self.cap)
+        # The host's slot first: attempts waiting for a busy host hold no global slot.
+        async with host_slots, self.slots:
+            if self.stopping:
+                self.done.put((pending, None))
+                return
+            pending.started_at = timezone.now()
+            try:
+                outcome = await self.send(pending.job.prepared, session=self.session)
+            except Exception as exc:  # send_attempt_async never raises; this guards a bug
+                logger.exception("postback transport raised")
+                outcome = _internal_error(exc)
         self.done.put((pending, outcome))
 
     async def _close(self) -> None:
@@ -264,7 +295,7 @@ class DeliveryEngine:
         next_tick = clock() + self.tick
 
         def mark_runnable(host: str) -> None:
-            if host not in queued_hosts and ready.get(host) and in_flight.get(host, 0) < cap:
+            if host not in queued_hosts and ready.get(host) and in_flight.get(host, 0) < host_limit:
                 queued_hosts.add(host)
                 runnable.append(host)
 
@@ -278,9 +309,12 @@ class DeliveryEngine:
 
         workers: _Workers | _EventLoopWorkers
         if _is_async(self.send):
-            workers = _EventLoopWorkers(self.send, cap)
+            workers = _EventLoopWorkers(self.send, cap, cfg.max_workers)
         else:
             workers = _Workers(cfg.max_workers, self.send, None)
+        # Handed to the workers and not finished yet, per host and in all.
+        host_limit = cap * workers.depth
+        limit = cfg.max_workers * workers.depth
         try:
             while True:
                 now = clock()
@@ -289,27 +323,31 @@ class DeliveryEngine:
                     stopping = stopping or should_stop()
                     next_tick = now + self.tick
                 if stopping:
+                    workers.stopping = True
                     buffered -= self._drop_unstarted(ready, delayed, on_done)
                     runnable.clear()
                     queued_hosts.clear()
-                while not exhausted and not stopping and buffered < cfg.buffer:
+                # At most `max_workers` new jobs a pass: the first requests leave while
+                # later jobs are still being prepared, and the workers sharing a run
+                # claim its chunks as they need them, not all at the start.
+                intake = cfg.max_workers
+                while not exhausted and not stopping and buffered < cfg.buffer and intake:
                     job = next(source, None)
                     if job is None:
                         exhausted = True
                         break
                     buffered += 1
+                    intake -= 1
                     enqueue(_Pending(job, job.prepared.host_key))
                 while delayed and delayed[0][0] <= now:
                     enqueue(heapq.heappop(delayed)[2])
-                if runnable and running < cfg.max_workers:
-                    started_at = timezone.now()
-                    while runnable and running < cfg.max_workers:
+                if runnable and running < limit:
+                    while runnable and running < limit:
                         host = runnable.popleft()
                         queued_hosts.discard(host)
                         pending = ready[host].popleft()
                         in_flight[host] = in_flight.get(host, 0) + 1
                         running += 1
-                        pending.started_at = started_at
                         workers.submit(pending)
                         mark_runnable(host)
                     workers.flush()
@@ -338,6 +376,11 @@ class DeliveryEngine:
                     running -= 1
                     host = pending.host
                     in_flight[host] -= 1
+                    if outcome is None:  # handed over, then not started: stopping
+                        buffered -= 1
+                        if pending.attempts:
+                            on_done(pending.job, pending.attempts)
+                        continue
                     attempt = AttemptLog(len(pending.attempts) + 1, outcome, pending.started_at)
                     pending.attempts.append(attempt)
                     if (
