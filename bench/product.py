@@ -11,17 +11,21 @@ object.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import multiprocessing
 import os
 import resource
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
+STATEMENT_KINDS = ("SELECT", "INSERT", "UPDATE", "DELETE", "SAVEPOINT", "RELEASE")
 
 
 def main(argv: list[str]) -> int:
@@ -35,10 +39,15 @@ def main(argv: list[str]) -> int:
 
     from conversions.models import RetriggerRun
 
-    statements: Counter[str] = Counter()
+    # Counted in memory shared with the worker processes the command may fork, so their
+    # statements are counted too (the wrapper is inherited with the connection).
+    shared = multiprocessing.Array("q", len(STATEMENT_KINDS) + 1)
 
     def count(execute, sql, params, many, context):
-        statements[sql.lstrip().split(None, 1)[0].upper()] += 1
+        kind = sql.lstrip().split(None, 1)[0].upper()
+        slot = STATEMENT_KINDS.index(kind) if kind in STATEMENT_KINDS else len(STATEMENT_KINDS)
+        with shared.get_lock():
+            shared[slot] += 1
         return execute(sql, params, many, context)
 
     connection.ensure_connection()
@@ -51,11 +60,16 @@ def main(argv: list[str]) -> int:
         call_command(*argv, stdout=out)
         seconds = time.perf_counter() - started
         cpu = _cpu_seconds() - cpu_started
+    statements = {
+        kind: n for kind, n in zip((*STATEMENT_KINDS, "OTHER"), shared[:], strict=True) if n
+    }
     # The command creates its run first thing: the first one after `last_run` is ours.
     run = (
         RetriggerRun.objects.filter(id__gt=last_run)
         .order_by("id")
-        .values("id", "status", "selected", "processed", "delivered", "failed", "skipped")
+        .values(
+            "id", "status", "selected", "processed", "delivered", "failed", "skipped", "workers"
+        )
         .first()
     )
     print(
@@ -76,26 +90,35 @@ def main(argv: list[str]) -> int:
 
 
 def _cpu_seconds() -> float:
-    # Every thread of this process, user and system: what the command cost the machine,
-    # which other load on a shared machine barely changes (wall time it does).
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    # Every thread of this process and of the worker processes it forked and reaped,
+    # user and system: what the command cost the machine, which other load on a shared
+    # machine barely changes (wall time it does).
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 class _RssSampler:
-    """Peak resident memory while the command runs, sampled every 20 ms.
+    """Peak resident memory while the command runs, sampled every 20 ms: this process
+    and the worker processes it forked, summed (pages they still share with this one
+    are counted twice, so the figure errs high).
 
     `ru_maxrss` would also hold Django's start-up peak, which can hide the command's.
     """
 
     def __init__(self) -> None:
-        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._me = psutil.Process()
         self._stop = threading.Event()
         self.start_mb = self.peak_mb = self._rss_mb()
 
     def _rss_mb(self) -> float:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * self._page / 2**20
+        total = self._me.memory_info().rss
+        for child in self._me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # ended after the listing
+                total += child.memory_info().rss
+        return total / 2**20
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):

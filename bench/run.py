@@ -399,6 +399,7 @@ def section_throughput(opts, db_url: str, env: dict[str, str]) -> bool:
                 ],
                 ["peak connections open at one host", peak_open, f"<= {opts.cap}"],
                 ["peak requests in flight at one host", peak_flight, f"<= {opts.cap}"],
+                ["worker processes (sharing the cap)", (best["run"] or {}).get("workers"), ""],
                 ["SQL statements (whole command)", best["queries"], "no query per conversion"],
                 ["  by kind", statements, ""],
                 ["peak RSS while the command ran", f"{best['peak_rss_mb']:.0f} MiB", ""],
