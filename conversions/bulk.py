@@ -30,6 +30,12 @@ def is_postgresql() -> bool:
     return connection.vendor == "postgresql"
 
 
+def text_array(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal of strings, each quoted and escaped: one parameter."""
+    quoted = ('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values)
+    return "{" + ",".join(quoted) + "}"
+
+
 def int_array(values: Iterable[int]) -> str:
     """PostgreSQL's text form of an integer array, `{1,2,3}`, for a `%s::bigint[]`
     parameter: joined in one go instead of psycopg adapting it element by element."""
@@ -109,14 +115,14 @@ def insert_claims(
 
 
 def insert_run_items(
-    model: type[Model], *, run_id: int, items: Sequence[tuple[int, str, datetime]]
+    model: type[Model], *, run_id: int, items: Sequence[tuple[int, str]], created_at: datetime
 ) -> set[int]:
-    """Count (conversion_id, outcome, created_at) items in a run, skipping conversions
-    the run counted already; returns the conversion ids that were new."""
+    """Count (conversion_id, outcome) items in a run, skipping conversions the run counted
+    already; returns the conversion ids that were new."""
     if not items:
         return set()
     if not is_postgresql():
-        ids = [conversion_id for conversion_id, _, _ in items]
+        ids = [conversion_id for conversion_id, _ in items]
         counted = set(
             model.objects.filter(run_id=run_id, conversion_id__any_of=ids).values_list(
                 "conversion_id", flat=True
@@ -124,18 +130,20 @@ def insert_run_items(
         )
         new = [item for item in items if item[0] not in counted]
         model.objects.bulk_create(
-            [model(run_id=run_id, conversion_id=c, outcome=o, created_at=t) for c, o, t in new],
+            [
+                model(run_id=run_id, conversion_id=c, outcome=o, created_at=created_at)
+                for c, o in new
+            ],
             batch_size=BATCH_SIZE,
         )
-        return {c for c, _, _ in new}
+        return {c for c, _ in new}
     conversion = _column(model, "conversion")
     sql = (
         f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} "  # noqa: S608
         f"({_column(model, 'run')}, {conversion}, {_column(model, 'outcome')}, "
         f"{_column(model, 'created_at')}) "
-        f"SELECT %s, c, o, t FROM unnest(%s::{_cast(model, 'conversion')}[], %s::text[], "
-        f"%s::timestamptz[]) AS u(c, o, t) "
-        f"ON CONFLICT DO NOTHING RETURNING {conversion}"
+        f"SELECT %s, c, o, %s FROM unnest(%s::{_cast(model, 'conversion')}[], %s::text[]) "
+        f"AS u(c, o) ON CONFLICT DO NOTHING RETURNING {conversion}"
     )
     new: set[int] = set()
     with connection.cursor() as cursor:
@@ -145,13 +153,29 @@ def insert_run_items(
                 sql,
                 [
                     run_id,
-                    int_array(c for c, _, _ in batch),
-                    [o for _, o, _ in batch],
-                    [t for _, _, t in batch],
+                    created_at,
+                    int_array(c for c, _ in batch),
+                    text_array(o for _, o in batch),
                 ],
             )
             new.update(row[0] for row in cursor.fetchall())
     return new
+
+
+def delete_claims(model: type[Model], *, run_id: int, conversion_ids: Sequence[int]) -> None:
+    """Drop a run's claims on these conversions (one statement, no delete collector)."""
+    if not conversion_ids:
+        return
+    if not is_postgresql():
+        model.objects.filter(run_id=run_id, conversion_id__any_of=conversion_ids).delete()
+        return
+    sql = (
+        f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)} "  # noqa: S608
+        f"WHERE {_column(model, 'run')} = %s "
+        f"AND {_column(model, 'conversion')} = ANY(%s::{_cast(model, 'conversion')}[])"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [run_id, int_array(conversion_ids)])
 
 
 def copy_rows(model: type[Model], fields: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -161,7 +161,7 @@ class RunExecutor:
             yield from jobs
 
     def _job(self, conversion: ConversionRow, postback) -> Job:
-        event_id = DeliveryAttempt.event_id_for(conversion.pk, postback.pk)
+        event_id = DeliveryAttempt.event_id_text(conversion.pk, postback.pk)
         prepared = prepare_postback(
             postback,
             conversion,

@@ -7,12 +7,11 @@ over after a crash sees either all of a conversion's bookkeeping or none of it.
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
 
-from conversions.bulk import add_to_run, copy_rows, insert_run_items
+from conversions.bulk import add_to_run, copy_rows, delete_claims, insert_run_items
 from conversions.delivery.engine import AttemptLog
 from conversions.models import (
     DeliveryAttempt,
@@ -73,8 +72,8 @@ class RunRecorder:
     worker: str = ""
     counts: RunCounts = field(default_factory=RunCounts)  # totals seen by this recorder
     _pairs: list[FinishedPair] = field(default_factory=list)
-    # (conversion_id, outcome, counted at) and what counting it adds to the run
-    _items: list[tuple[tuple[int, str, datetime], RunCounts]] = field(default_factory=list)
+    # (conversion_id, outcome) and what counting it adds to the run
+    _items: list[tuple[tuple[int, str], RunCounts]] = field(default_factory=list)
     _done_chunks: list[int] = field(default_factory=list)
 
     def pair_finished(self, pair: FinishedPair) -> None:
@@ -82,7 +81,7 @@ class RunRecorder:
 
     def conversion_counted(self, conversion_id: int, outcome: str, delta: RunCounts) -> None:
         self.counts.add(delta)
-        self._items.append(((conversion_id, outcome, timezone.now()), delta))
+        self._items.append(((conversion_id, outcome), delta))
 
     def chunk_done(self, chunk_id: int) -> None:
         self._done_chunks.append(chunk_id)
@@ -117,7 +116,10 @@ class RunRecorder:
                 # Conversions the run counted already (a chunk taken over) are left out,
                 # their deltas with them.
                 new = insert_run_items(
-                    RunItem, run_id=self.run.pk, items=[item for item, _ in self._items]
+                    RunItem,
+                    run_id=self.run.pk,
+                    items=[item for item, _ in self._items],
+                    created_at=now,
                 )
                 for item, item_delta in self._items:
                     if item[0] in new:
@@ -126,7 +128,7 @@ class RunRecorder:
                 # A pair's claim lives until its conversion is counted: a worker taking
                 # over after a crash then finds either the claim or the counted item.
                 ids = [item[0] for item, _ in self._items]
-                DeliveryClaim.objects.filter(run=self.run, conversion_id__any_of=ids).delete()
+                delete_claims(DeliveryClaim, run_id=self.run.pk, conversion_ids=ids)
             increments = {
                 name: value
                 for name in ("processed", "retriggered", "delivered", "failed", "skipped")

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from conversions.bulk import copy_rows, insert_claims, insert_run_items
+from conversions.bulk import copy_rows, delete_claims, insert_claims, insert_run_items, text_array
 from conversions.delivery.macros import macro_values
 from conversions.models import (
     Affiliate,
@@ -117,9 +117,9 @@ def test_insert_run_items_returns_only_the_new_ones(rows, monkeypatch):
     monkeypatch.setattr("conversions.bulk.BATCH_SIZE", 2)  # several statements
     RunItem.objects.create(run=run, conversion=conversions[1], outcome="failed")
     RunItem.objects.create(run=other, conversion=conversions[0], outcome="failed")
-    items = [(c.pk, "delivered", WHEN) for c in conversions]
+    items = [(c.pk, "delivered") for c in conversions]
 
-    new = insert_run_items(RunItem, run_id=run.pk, items=items)
+    new = insert_run_items(RunItem, run_id=run.pk, items=items, created_at=WHEN)
 
     assert new == {conversions[0].pk, conversions[2].pk}
     stored = {
@@ -133,8 +133,38 @@ def test_insert_run_items_returns_only_the_new_ones(rows, monkeypatch):
         conversions[1].pk: ("failed", stored[conversions[1].pk][1]),  # untouched
         conversions[2].pk: ("delivered", WHEN),
     }
-    assert insert_run_items(RunItem, run_id=run.pk, items=items) == set()
-    assert insert_run_items(RunItem, run_id=run.pk, items=[]) == set()
+    assert insert_run_items(RunItem, run_id=run.pk, items=items, created_at=WHEN) == set()
+    assert insert_run_items(RunItem, run_id=run.pk, items=[], created_at=WHEN) == set()
+
+
+@pytest.mark.django_db
+def test_delete_claims_drops_only_the_runs_claims_on_those_conversions(rows):
+    _, postback, conversions, run, other = rows
+    for owner, conversion in [
+        (run, conversions[0]),
+        (run, conversions[1]),
+        (other, conversions[2]),
+    ]:
+        DeliveryClaim.objects.create(run=owner, conversion=conversion, postback=postback)
+
+    delete_claims(
+        DeliveryClaim, run_id=run.pk, conversion_ids=[conversions[0].pk, conversions[2].pk]
+    )
+    delete_claims(DeliveryClaim, run_id=run.pk, conversion_ids=[])
+
+    left = set(DeliveryClaim.objects.values_list("run_id", "conversion_id"))
+    assert left == {(run.pk, conversions[1].pk), (other.pk, conversions[2].pk)}
+
+
+@pytest.mark.parametrize("values", [[], ["delivered"], ['a"b', "c\\d", "{x,y}", "", "NULL"]])
+@pytest.mark.django_db
+def test_text_array_round_trips_through_postgresql(values):
+    literal = text_array(values)
+    assert literal.startswith("{") and literal.endswith("}")
+    if connection.vendor == "postgresql":  # SQLite has no arrays; the literal is for PG
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT %s::text[]", [literal])
+            assert cursor.fetchone()[0] == values
 
 
 @pytest.mark.django_db

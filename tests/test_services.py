@@ -91,6 +91,16 @@ def test_event_id_is_stable_across_refires(httpserver, world):
     assert len(event_ids) == 2 and event_ids[0] == event_ids[1]
 
 
+@pytest.mark.parametrize(
+    ("conversion_id", "postback_id"),
+    [(1, 1), (9_223_372_036_854_775_807, 2_147_483_647), *((n * 7919, n) for n in range(64))],
+)
+def test_event_id_text_is_the_uuid5(conversion_id, postback_id):
+    expected = DeliveryAttempt.event_id_for(conversion_id, postback_id)
+    assert DeliveryAttempt.event_id_text(conversion_id, postback_id) == str(expected)
+    assert expected.version == 5
+
+
 @pytest.mark.parametrize("force", [False, True])
 def test_rejected_and_already_delivered_skip_unless_forced(httpserver, world, force):
     # given

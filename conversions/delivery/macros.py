@@ -59,7 +59,7 @@ def macro_values(
     conversion: Any,
     *,
     conversion_type_name: str,
-    event_id: uuid.UUID,
+    event_id: uuid.UUID | str,
     names: Iterable[str] = MACROS,
 ) -> dict[str, str]:
     """The text of each macro in `names` (default: every one) for one conversion.

@@ -96,7 +96,7 @@ class AttemptOutcome:
 
 
 def prepare_postback(
-    postback: Any, conversion: Any, *, conversion_type_name: str, event_id: uuid.UUID
+    postback: Any, conversion: Any, *, conversion_type_name: str, event_id: uuid.UUID | str
 ) -> PreparedPostback:
     template = postback.url
     method = str(postback.method).upper()
