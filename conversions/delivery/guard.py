@@ -34,6 +34,8 @@ from typing import Any
 from aiohttp import TCPConnector
 from aiohttp.abc import AbstractResolver, ResolveResult
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +83,24 @@ class HostNotFound(OSError):
 # --- the verdict -----------------------------------------------------------------------
 
 
+@functools.cache  # asked before every request; forgotten when the setting changes
 def allowed_networks() -> tuple[IPNetwork, ...]:
-    """`settings.POSTBACK_ALLOWED_NETWORKS`, read at call time so overrides apply."""
+    """`settings.POSTBACK_ALLOWED_NETWORKS`, parsed."""
     configured = settings.POSTBACK_ALLOWED_NETWORKS or ()
     if not isinstance(configured, str):
         configured = tuple(configured)  # hashable, for the cache below
     return _parse_networks(configured)
+
+
+@receiver(setting_changed)
+def _allow_list_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "POSTBACK_ALLOWED_NETWORKS":
+        allowed_networks.cache_clear()
+        _verdicts.clear()
+
+
+# The verdict on each address under the allow-list in force (see `allowed_networks`).
+_verdicts: dict[IPAddress, bool] = {}
 
 
 @functools.lru_cache(maxsize=32)  # asked before every request: parse each setting once
@@ -125,8 +139,14 @@ def is_blocked_ip(ip: IPAddress, *, allowed: Sequence[IPNetwork] | None = None) 
     that carry an IPv4 address are judged by that IPv4 address (every one of them, for
     Teredo), because that is where the packets end up.
     """
-    networks = allowed_networks() if allowed is None else tuple(allowed)
-    return _blocked_verdict(ip, networks)
+    if allowed is None:
+        verdict = _verdicts.get(ip)
+        if verdict is None:
+            if len(_verdicts) > 4096:
+                _verdicts.clear()
+            verdict = _verdicts[ip] = _blocked_verdict(ip, allowed_networks())
+        return verdict
+    return _blocked_verdict(ip, tuple(allowed))
 
 
 @functools.lru_cache(maxsize=4096)  # pure; every request re-checks its connection's peer
@@ -248,8 +268,7 @@ def allowed_addresses(host: str, port: int) -> list[IPAddress]:
 def check_candidates(host: str, candidates: Sequence[IPAddress]) -> list[IPAddress]:
     if not candidates:
         raise HostNotFound(f"host {host!r} has no address")
-    networks = allowed_networks()
-    allowed = [c for c in candidates if not is_blocked_ip(c, allowed=networks)]
+    allowed = [c for c in candidates if not is_blocked_ip(c)]
     if not allowed:
         logger.warning("Blocked postback to %s (%s)", host, ", ".join(map(str, candidates)))
         raise BlockedAddress(candidates[0], host)

@@ -90,8 +90,11 @@ def mask_text(text: str, *, secrets: Iterable[str] = ()) -> str:
             return f"{match.group('name')}={match.group('quote')}{MASK}"
         return match.group(0)
 
-    text = _USERINFO_IN_TEXT.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
-    return _mask_literals(_PARAM_IN_TEXT.sub(param, text), secrets)
+    if "@" in text:
+        text = _USERINFO_IN_TEXT.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
+    if "=" in text:
+        text = _PARAM_IN_TEXT.sub(param, text)
+    return _mask_literals(text, secrets)
 
 
 def url_secrets(url: str) -> list[str]:

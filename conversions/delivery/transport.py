@@ -40,6 +40,8 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import aiohttp
 import yarl
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from conversions.delivery import guard
 from conversions.delivery.macros import MACROS, expand_url, macro_values, template_names
@@ -59,6 +61,36 @@ install_log_masking()  # HTTP clients quote request URLs in their DEBUG logs
 ERROR_DETAIL_MAX = 300
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The transport's settings, read once: every attempt of a run needs them."""
+
+    deadline: float
+    connect_timeout: float
+    read_timeout: float
+    max_redirects: int
+    excerpt_chars: int
+    user_agent: str
+
+
+@functools.cache
+def limits() -> Limits:
+    return Limits(
+        deadline=float(settings.POSTBACK_ATTEMPT_DEADLINE),
+        connect_timeout=float(settings.POSTBACK_CONNECT_TIMEOUT),
+        read_timeout=float(settings.POSTBACK_READ_TIMEOUT),
+        max_redirects=int(settings.POSTBACK_MAX_REDIRECTS),
+        excerpt_chars=max(0, int(settings.POSTBACK_RESPONSE_EXCERPT)),
+        user_agent=settings.POSTBACK_USER_AGENT,
+    )
+
+
+@receiver(setting_changed)
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith("POSTBACK_"):  # tests override them; a process never does
+        limits.cache_clear()
 
 
 @dataclass(frozen=True)
@@ -192,7 +224,7 @@ async def send_attempt_async(
 ) -> AttemptOutcome:
     """One try (with its redirects). `clock` gives the signature's Unix timestamp."""
     started = time.monotonic()
-    deadline = asyncio.get_running_loop().time() + float(settings.POSTBACK_ATTEMPT_DEADLINE)
+    deadline = asyncio.get_running_loop().time() + limits().deadline
     try:
         result = await _attempt(prepared, session=session, deadline=deadline, clock=clock)
     except Exception as exc:  # the transport never raises
@@ -250,7 +282,8 @@ async def _attempt(
 ) -> _Result:
     loop = asyncio.get_running_loop()
     url, method, body = prepared.url, prepared.method, prepared.body
-    max_redirects = int(settings.POSTBACK_MAX_REDIRECTS)
+    config = limits()
+    max_redirects = config.max_redirects
     for hop in range(max_redirects + 1):
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -263,8 +296,8 @@ async def _attempt(
                 headers["Host"] = host_header
             timeout = aiohttp.ClientTimeout(
                 total=None,
-                sock_connect=min(float(settings.POSTBACK_CONNECT_TIMEOUT), remaining),
-                sock_read=min(float(settings.POSTBACK_READ_TIMEOUT), remaining),
+                sock_connect=min(config.connect_timeout, remaining),
+                sock_read=min(config.read_timeout, remaining),
             )
             async with scope:
                 response = await session.request(
@@ -342,18 +375,23 @@ def _target(url: str) -> tuple[yarl.URL, str]:
     if not host:
         raise InvalidPostbackURL("URL has no host")
     literal = guard.check_literal(host)
-    if literal is None or str(literal) == host:
+    if literal is None or _spelling(literal) == host:
         return parsed, ""
     # `0x7f.1` and friends: connect to the address they stand for, keep the Host header.
     netloc = parsed.raw_authority.rsplit("@", 1)[-1]
     return parsed.with_host(str(literal)), netloc
 
 
+@functools.lru_cache(maxsize=1024)
+def _spelling(address: guard.IPAddress) -> str:
+    return str(address)
+
+
 def _headers(
     prepared: PreparedPostback, body: bytes | None, clock: Callable[[], float]
 ) -> dict[str, str]:
     headers = {
-        "User-Agent": settings.POSTBACK_USER_AGENT,
+        "User-Agent": limits().user_agent,
         "Accept": "*/*",
         # The excerpt is read as raw bytes (never decompressed, so no zip bomb can grow it).
         "Accept-Encoding": "identity",
@@ -379,7 +417,7 @@ async def _read_answer(response: aiohttp.ClientResponse, deadline: float) -> _Re
     retry_after = (
         None if retry_header is None else parse_retry_after(retry_header, now=datetime.now(UTC))
     )
-    limit_chars = max(0, int(settings.POSTBACK_RESPONSE_EXCERPT))
+    limit_chars = limits().excerpt_chars
     # UTF-8 needs at most 4 bytes a character; reading more could never be shown.
     limit_bytes = limit_chars * 4
     chunks: list[bytes] = []
@@ -414,14 +452,20 @@ async def _read_answer(response: aiohttp.ClientResponse, deadline: float) -> _Re
 
 
 def _decode(data: bytes, content_type: str) -> str:
+    if not data:
+        return ""
+    return data.decode(_codec(content_type), errors="replace")
+
+
+@functools.lru_cache(maxsize=256)  # receivers send the same few Content-Types
+def _codec(content_type: str) -> str:
     # Only an explicit charset counts: HTTP/1.1's latin-1 default for text/* would turn
     # the UTF-8 most receivers send into mojibake.
     match = _CHARSET.search(content_type)
     try:
-        codec = codecs.lookup(match.group(1) if match else "utf-8").name
+        return codecs.lookup(match.group(1) if match else "utf-8").name
     except LookupError:
-        codec = "utf-8"
-    return data.decode(codec, errors="replace")
+        return "utf-8"
 
 
 def _clean(text: str) -> str:
@@ -466,4 +510,4 @@ def _describe(exc: BaseException) -> str:
 
 
 def _deadline_detail() -> str:
-    return f"attempt deadline of {settings.POSTBACK_ATTEMPT_DEADLINE}s exceeded"
+    return f"attempt deadline of {limits().deadline:g}s exceeded"
