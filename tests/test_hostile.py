@@ -881,8 +881,8 @@ def test_secrets_never_reach_stored_urls_logs_admin_pages_or_api_answers(
     logs = "\n".join(
         record.getMessage() for record in caplog.records if not record.name.startswith("werkzeug")
     )
-    # the capture did see DEBUG records of the HTTP side (the loop and the transport)
-    assert {"asyncio", "conversions.delivery.transport"} <= {r.name for r in caplog.records}
+    # the capture did see DEBUG records of the HTTP side (uvloop logs nothing of its own)
+    assert "conversions.delivery.transport" in {r.name for r in caplog.records}
     places = {"stored": stored, "logs": logs, **pages}
     for where, text in places.items():
         for secret in secrets:

@@ -25,6 +25,7 @@ from standardwebhooks import Webhook
 from werkzeug import Response
 
 from conversions.delivery import guard, transport
+from conversions.delivery.engine import new_event_loop
 from conversions.delivery.transport import (
     AttemptOutcome,
     PreparedPostback,
@@ -45,7 +46,7 @@ class LoopSession:
     """An aiohttp session on its own event loop thread, as the engine runs it."""
 
     def __init__(self, *, pool_size: int = 4, **kwargs) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()  # the engine's own kind of loop
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 
