@@ -24,6 +24,7 @@ with outcomes on another (`queue.SimpleQueue`, a C-level lock each way, rather t
 """
 
 import asyncio
+import gc
 import heapq
 import inspect
 import itertools
@@ -34,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -276,6 +278,17 @@ class DeliveryEngine:
         on_tick: Callable[[], None] = lambda: None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
+        with _fewer_collections():
+            self._run(jobs, on_done=on_done, on_tick=on_tick, should_stop=should_stop)
+
+    def _run(
+        self,
+        jobs: Iterable[Job],
+        *,
+        on_done: Callable[[Job, list[AttemptLog]], None],
+        on_tick: Callable[[], None],
+        should_stop: Callable[[], bool],
+    ) -> None:
         cfg = self.config
         clock = self.clock
         cap = cfg.host_concurrency
@@ -421,6 +434,28 @@ class DeliveryEngine:
             dropped += 1
             on_done(pending.job, pending.attempts)
         return dropped
+
+
+# Allocations between two young-generation collections while a run delivers.
+RUN_GC_THRESHOLD = 50_000
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Collect cycles less often while delivering.
+
+    A run allocates objects at a high rate and nearly all of them die by reference
+    counting; with the default threshold (700 allocations) the cyclic collector ran
+    thousands of times a run and, with tens of thousands of live objects to look through,
+    took about a tenth of the CPU (benchmark, five runs each: 729 against 834 us per
+    postback). Collections still happen, so memory stays bounded.
+    """
+    previous = gc.get_threshold()
+    gc.set_threshold(max(previous[0], RUN_GC_THRESHOLD), *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
