@@ -340,7 +340,10 @@ class RunItem(models.Model):
         FAILED = "failed"
         SKIPPED = "skipped"
 
-    run = models.ForeignKey(RetriggerRun, on_delete=models.CASCADE, related_name="items")
+    # db_index=False: the (run, conversion) unique constraint serves lookups by run.
+    run = models.ForeignKey(
+        RetriggerRun, on_delete=models.CASCADE, related_name="items", db_index=False
+    )
     conversion = models.ForeignKey(Conversion, on_delete=models.CASCADE, db_index=False)
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
     created_at = models.DateTimeField(default=timezone.now)
@@ -379,7 +382,11 @@ class DeliveryAttempt(models.Model):
         HTTP_STATUS = "http_status"
         BLOCKED_ADDRESS = "blocked_address"
 
-    run = models.ForeignKey(RetriggerRun, on_delete=models.CASCADE, related_name="attempts")
+    # db_index=False: `attempt_run_conv_idx` (run, conversion) serves lookups by run too,
+    # and every attempt written pays for each index kept.
+    run = models.ForeignKey(
+        RetriggerRun, on_delete=models.CASCADE, related_name="attempts", db_index=False
+    )
     conversion = models.ForeignKey(Conversion, on_delete=models.CASCADE, db_index=False)
     postback = models.ForeignKey(Postback, on_delete=models.CASCADE, related_name="attempts")
     affiliate = models.ForeignKey(Affiliate, on_delete=models.CASCADE, related_name="+")
