@@ -82,11 +82,12 @@ def _cast(model: type[Model], name: str) -> str:
 
 def insert_claims(
     model: type[Model], *, run_id: int, pairs: Sequence[tuple[int, int]], claimed_at: datetime
-) -> None:
+) -> set[tuple[int, int]] | None:
     """Claim (conversion_id, postback_id) pairs for a run; pairs claimed already are
-    left as they are (whoever holds them)."""
+    left as they are (whoever holds them). Returns the pairs this call claimed, or None
+    where the database cannot tell (SQLite)."""
     if not pairs:
-        return
+        return set()
     if not is_postgresql():
         model.objects.bulk_create(
             [
@@ -96,7 +97,7 @@ def insert_claims(
             ignore_conflicts=True,
             batch_size=BATCH_SIZE,
         )
-        return
+        return None
     # Identifiers from the model's metadata, quoted; every value is a parameter.
     sql = (
         f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} "  # noqa: S608
@@ -104,14 +105,18 @@ def insert_claims(
         f"{_column(model, 'run')}, {_column(model, 'claimed_at')}) "
         f"SELECT c, p, %s, %s FROM unnest(%s::{_cast(model, 'conversion')}[], "
         f"%s::{_cast(model, 'postback')}[]) AS u(c, p) "
-        "ON CONFLICT DO NOTHING"
+        f"ON CONFLICT DO NOTHING RETURNING {_column(model, 'conversion')}, "
+        f"{_column(model, 'postback')}"
     )
+    claimed: set[tuple[int, int]] = set()
     with connection.cursor() as cursor:
         for start in range(0, len(pairs), BATCH_SIZE):
             batch = pairs[start : start + BATCH_SIZE]
             conversions = int_array(c for c, _ in batch)
             postbacks = int_array(p for _, p in batch)
             cursor.execute(sql, [run_id, claimed_at, conversions, postbacks])
+            claimed.update(cursor.fetchall())
+    return claimed
 
 
 def insert_run_items(

@@ -177,12 +177,17 @@ class RunExecutor:
         wanted = [(plan.conversion.pk, pb.pk) for plan in planned for pb in plan.fire]
         if not wanted:
             return
-        insert_claims(DeliveryClaim, run_id=self.run.pk, pairs=wanted, claimed_at=timezone.now())
-        owned = set(
-            DeliveryClaim.objects.filter(
-                run=self.run, conversion_id__any_of=list({c for c, _ in wanted})
-            ).values_list("conversion_id", "postback_id")
+        owned = insert_claims(
+            DeliveryClaim, run_id=self.run.pk, pairs=wanted, claimed_at=timezone.now()
         )
+        if owned is None or len(owned) < len(wanted):
+            # Some were claimed already: by another run (in progress), or by this one
+            # before a takeover (ours to fire).
+            owned = set(
+                DeliveryClaim.objects.filter(
+                    run=self.run, conversion_id__any_of=list({c for c, _ in wanted})
+                ).values_list("conversion_id", "postback_id")
+            )
         for plan in planned:
             lost = [pb for pb in plan.fire if (plan.conversion.pk, pb.pk) not in owned]
             if lost:

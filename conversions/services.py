@@ -213,8 +213,10 @@ def _run_create(
         ),
     )
     pending: list[RetriggerChunk] = []
+    stored = 0
     for seq, ids in enumerate(_id_batches(selection)):
         pending.append(RetriggerChunk(run=run, seq=seq, conversion_ids=ids))
+        stored += len(ids)
         if len(pending) >= 20:
             RetriggerChunk.objects.bulk_create(pending)
             pending = []
@@ -223,7 +225,7 @@ def _run_create(
         Account.objects.filter(pk__in=selection.values("account_id")).values_list("pk", flat=True)
     )
     # The stored chunk sizes are the truth if rows changed between count and stream.
-    run.selected = sum(len(c) for c in run.chunks.values_list("conversion_ids", flat=True))
+    run.selected = stored
     run.planned = True
     run.save(update_fields=["selected", "planned"])
     return run
