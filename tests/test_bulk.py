@@ -211,3 +211,26 @@ def test_conversion_rows_read_like_the_models_for_planning_and_macros(rows):
         assert macro_values(row, conversion_type_name=name, event_id=event_id) == macro_values(
             model, conversion_type_name=name, event_id=event_id
         )
+
+
+@pytest.mark.django_db
+def test_log_tables_still_cascade_without_database_foreign_keys(rows):
+    # The bulk tables have no database-level foreign keys; Django's on_delete cascades.
+    affiliate, postback, conversions, run, _ = rows
+    gone, kept = conversions[0], conversions[1]
+    for conversion in (gone, kept):
+        DeliveryClaim.objects.create(run=run, conversion=conversion, postback=postback)
+        RunItem.objects.create(run=run, conversion=conversion, outcome="delivered")
+        DeliveryAttempt.objects.create(
+            run=run, conversion=conversion, postback=postback, affiliate=affiliate,
+            event_id=uuid.uuid4(), attempt_number=1, method="GET", url="http://x/",
+            delivered=True, final=True, duration_ms=1,
+        )  # fmt: skip
+
+    gone.delete()
+
+    for model in (DeliveryClaim, RunItem, DeliveryAttempt):
+        assert set(model.objects.values_list("conversion_id", flat=True)) == {kept.pk}
+    run.delete()
+    for model in (DeliveryClaim, RunItem, DeliveryAttempt):
+        assert not model.objects.exists()
