@@ -1,22 +1,22 @@
 """Many postbacks at once: one event loop for HTTP, per-host caps and scheduled retries.
 
 The calling thread is the scheduler. It pulls jobs lazily from an iterator (so a run over
-millions of conversions never sits in memory), starts at most
-`POSTBACK_HOST_CONCURRENCY` attempts per destination host at a time (and at most
-`POSTBACK_MAX_WORKERS` in all), and parks retries in a time-ordered heap instead of
-sleeping, so a host that answers 503 with `Retry-After` holds nothing while the other
-hosts are served.
+millions of conversions never sits in memory; at most `max_workers` new jobs a pass),
+hands them to the HTTP side host by host, round-robin, and parks retries in a
+time-ordered heap instead of sleeping, so a host that answers 503 with `Retry-After`
+holds nothing while the other hosts are served.
 
 All callbacks run in the calling thread, which is also the only thread that touches the
-database. The HTTP runs on one asyncio event loop in a background thread (aiohttp): the
-scheduler hands it each pass's new attempts in one thread-safe call, and every outcome
-comes back on a `queue.SimpleQueue`. Why not `requests` on worker threads, as before:
-each postback cost about 1,000-1,300 µs of CPU on 64 threads, against about 250 µs for
-aiohttp, and the CPU was the limit.
-
-The loop's one `aiohttp.ClientSession` has `limit_per_host` set to the host cap, and the
-scheduler never has more than the cap in flight to one host, so the cap holds for
-connections as well as for requests.
+database. The HTTP runs on one event loop in a background thread (uvloop where
+installed, aiohttp): the scheduler hands it each pass's new attempts in one thread-safe
+call, and every outcome comes back on a `queue.SimpleQueue`. The scheduler may hand the
+loop up to four times the caps; the loop itself starts at most
+`POSTBACK_HOST_CONCURRENCY` attempts to one host (a semaphore per host) and
+`POSTBACK_MAX_WORKERS` in all, so it keeps sending while the scheduler thread is busy
+loading a chunk or flushing. The session's `limit_per_host` is the same cap, so it holds
+for connections as well as for requests. Why not `requests` on worker threads, as
+before: each postback cost about 1,000-1,300 µs of CPU on 64 threads, against about
+250 µs for aiohttp, and the CPU was the limit.
 
 A synchronous `send` (tests inject them) still runs on worker threads fed by one queue,
 with outcomes on another (`queue.SimpleQueue`, a C-level lock each way, rather than
