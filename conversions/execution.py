@@ -33,6 +33,9 @@ from conversions.skips import (
 
 logger = logging.getLogger(__name__)
 
+# Conversions read, planned and claimed per round of statements within a chunk.
+SLICE_SIZE = 250
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -109,7 +112,20 @@ class RunExecutor:
             yield from self._batch_jobs(batch)
 
     def _batch_jobs(self, batch: Batch) -> Iterator[Job]:
+        """A batch's jobs, read and claimed a slice at a time: the first requests leave
+        after a slice's statements, not the whole chunk's."""
+        chunk = batch.chunk_id
+        if chunk is not None:
+            # Held open (+1) until every slice is planned, so the chunk cannot count as
+            # done while later slices are still unread.
+            self._chunk_left[chunk] = 1
         ids = batch.conversion_ids
+        for start in range(0, len(ids), SLICE_SIZE):
+            yield from self._slice_jobs(ids[start : start + SLICE_SIZE], chunk)
+        if chunk is not None:
+            self._chunk_release(chunk)
+
+    def _slice_jobs(self, ids: list[int], chunk: int | None) -> Iterator[Job]:
         if self.run is not None and not self.dry_run:
             counted = set(
                 RunItem.objects.filter(run=self.run, conversion_id__any_of=ids).values_list(
@@ -132,12 +148,10 @@ class RunExecutor:
             self._claim(planned)
             finished_earlier = self._finished_earlier([c.pk for c in conversions])
 
-        if batch.chunk_id is not None:
-            self._chunk_left[batch.chunk_id] = len(planned)
-            if not planned:
-                self.recorder.chunk_done(batch.chunk_id)
+        if chunk is not None:
+            self._chunk_left[chunk] += len(planned)
         for plan in planned:
-            tracked = _Tracked(plan.conversion.pk, batch.chunk_id)
+            tracked = _Tracked(plan.conversion.pk, chunk)
             self._tracked[plan.conversion.pk] = tracked
             tracked.pairs.extend(
                 PairResult(postback_id=pb, outcome=Outcome.SKIPPED, error=reason)
@@ -272,10 +286,15 @@ class RunExecutor:
                 tracked.conversion_id, outcome, tuple(tracked.pairs)
             )
         if tracked.chunk_id is not None:
-            self._chunk_left[tracked.chunk_id] -= 1
-            if self._chunk_left[tracked.chunk_id] == 0:
-                self.recorder.chunk_done(tracked.chunk_id)
-                self._active_chunks.remove(tracked.chunk_id)
+            self._chunk_release(tracked.chunk_id)
+
+    def _chunk_release(self, chunk: int) -> None:
+        """One conversion of the chunk (or its hold) is done; the last one ends it."""
+        self._chunk_left[chunk] -= 1
+        if self._chunk_left[chunk] == 0:
+            del self._chunk_left[chunk]
+            self.recorder.chunk_done(chunk)
+            self._active_chunks.remove(chunk)
 
     def _count_partly_fired(self) -> None:
         """After a cancel: conversions with some pairs fired count with those pairs."""

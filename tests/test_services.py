@@ -366,3 +366,45 @@ def test_secrets_echoed_by_a_receiver_are_masked_in_the_stored_excerpt(httpserve
     assert "abcSECRET123" not in attempt.response_excerpt
     assert "abcSECRET123" not in attempt.url
     assert "you sent" in attempt.response_excerpt
+
+
+def test_a_chunk_read_in_slices_is_done_only_after_its_last_slice(
+    httpserver, world, settings, monkeypatch
+):
+    # given chunks of 5 conversions, read 2 at a time
+    from conversions import execution
+
+    httpserver.expect_request("/pb").respond_with_data("ok")
+    monkeypatch.setattr(execution, "SLICE_SIZE", 2)
+    settings.RETRIGGER_CHUNK_SIZE = 5
+    settings.RETRIGGER_SYNC_MAX = 100
+    settings.POSTBACK_MAX_WORKERS = 1  # one job taken a pass: slices finish before the next
+    conversions = [f.make_conversion(world["affiliate"]) for _ in range(11)]
+    done_chunks: list[int] = []
+    real_chunk_done = execution.RunRecorder.chunk_done
+
+    def chunk_done(recorder, chunk_id):
+        # when a chunk ends, every conversion of it has been counted (stored or buffered)
+        chunk = RetriggerChunk.objects.get(pk=chunk_id)
+        stored = RunItem.objects.filter(run_id=recorder.run.pk)
+        counted = set(stored.values_list("conversion_id", flat=True))
+        counted |= {item[0] for item, _ in recorder._items}
+        assert set(chunk.conversion_ids) <= counted
+        done_chunks.append(chunk_id)
+        real_chunk_done(recorder, chunk_id)
+
+    monkeypatch.setattr(execution.RunRecorder, "chunk_done", chunk_done)
+
+    # when
+    result = retrigger()
+
+    # then
+    run = result.run
+    assert run.status == "completed" and run.processed == run.delivered == 11
+    assert sorted(done_chunks) == sorted(run.chunks.values_list("pk", flat=True))
+    assert not run.chunks.exclude(status="done").exists()
+    assert len(httpserver.log) == 11
+    assert RunItem.objects.filter(run=run).count() == 11
+    assert {c.pk for c in conversions} == set(
+        RunItem.objects.filter(run=run).values_list("conversion_id", flat=True)
+    )
