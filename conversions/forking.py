@@ -89,9 +89,11 @@ def run_work_in_processes(
                 status=RetriggerChunk.Status.PENDING, heartbeat_at=None
             )
             run_work(run=run, progress=shown)
-    except KeyboardInterrupt:
+    except BaseException:
+        # Ctrl-C, or this process failed (the run is failed then): the children stop at
+        # their next flush, and none is left running behind the command.
         RetriggerRun.objects.filter(pk=run.pk).update(cancel_requested=True)
-        _wait(children, None)  # they stop at their next flush
+        _wait(children, None)
         raise
     run.refresh_from_db()
 

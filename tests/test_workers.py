@@ -677,3 +677,37 @@ def test_a_run_inside_a_transaction_stays_in_this_process(settings, receiver_fac
     assert processes_for(run, 9) == 3  # one a chunk at most
     with transaction.atomic():
         assert processes_for(run, 2) == 1
+
+
+def test_a_failing_command_leaves_no_worker_process_behind(
+    settings, receiver_factory, monkeypatch, allow_loopback
+):
+    # given the command's own share of the work fails (the forked worker's does not)
+    import psutil
+    from django.core.management import call_command
+
+    from conversions import services
+
+    settings.RETRIGGER_CHUNK_SIZE = 10
+    receiver = receiver_factory(delay=0.05)
+    account, _, _ = make_world(receiver, conversions=60)
+    parent, real_run_work = os.getpid(), services.run_work
+
+    def run_work(**kwargs):
+        if os.getpid() == parent:
+            raise RuntimeError("the command's worker broke")
+        return real_run_work(**kwargs)
+
+    monkeypatch.setattr(services, "run_work", run_work)
+
+    # when
+    with pytest.raises(RuntimeError):
+        call_command(
+            "retrigger_conversions", "--account-id", str(account.pk), "--processes", "2",
+            stdout=StringIO(), stderr=StringIO(),
+        )  # fmt: skip
+
+    # then the run asks its other worker to stop, and that worker has exited
+    run = RetriggerRun.objects.get()
+    assert run.cancel_requested
+    assert not [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
