@@ -303,6 +303,14 @@ class RunExecutor:
                 tracked.pending = 0
                 self._complete(tracked)
 
+    def record_after_interrupt(self) -> None:
+        """After Ctrl-C: write what was answered (partly fired conversions count with the
+        pairs they fired), as a cancel would, before the run is finished."""
+        if self.run is None or self.lost:
+            return
+        self._count_partly_fired()
+        self.recorder.flush(chunk_ids=list(self._active_chunks))
+
     def release_claims(self) -> None:
         """Drop the claims of conversions this worker started but will not count.
 

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -163,13 +163,17 @@ def _retrigger(
         run.refresh_from_db()
         return RetriggerResult(info=info, run=run, counts=RunCounts.from_run(run), results=None)
 
-    if processes > 1 and not keep_results:
-        from conversions.forking import run_work_in_processes
+    try:
+        if processes > 1 and not keep_results:
+            from conversions.forking import run_work_in_processes
 
-        run_work_in_processes(run=run, processes=processes, progress=progress)
-        results = None
-    else:
-        results = run_work(run=run, keep_results=keep_results, progress=progress)
+            run_work_in_processes(run=run, processes=processes, progress=progress)
+            results = None
+        else:
+            results = run_work(run=run, keep_results=keep_results, progress=progress)
+    except KeyboardInterrupt:
+        _cancel_interrupted(run)
+        raise
     run.refresh_from_db()
     return RetriggerResult(
         info=info, run=run, counts=RunCounts.from_run(run), results=results or []
@@ -212,20 +216,23 @@ def _run_create(
             None if actor.admin_account_ids is None else sorted(actor.admin_account_ids)
         ),
     )
-    pending: list[RetriggerChunk] = []
-    stored = 0
-    for seq, ids in enumerate(_id_batches(selection)):
-        pending.append(RetriggerChunk(run=run, seq=seq, conversion_ids=ids))
-        stored += len(ids)
-        if len(pending) >= 20:
-            RetriggerChunk.objects.bulk_create(pending)
-            pending = []
-    RetriggerChunk.objects.bulk_create(pending)
-    run.accounts.set(
-        Account.objects.filter(pk__in=selection.values("account_id")).values_list("pk", flat=True)
-    )
-    # The stored chunk sizes are the truth if rows changed between count and stream.
-    run.selected = stored
+    try:
+        pending: list[RetriggerChunk] = []
+        stored = 0
+        for seq, ids in enumerate(_id_batches(selection)):
+            pending.append(RetriggerChunk(run=run, seq=seq, conversion_ids=ids))
+            stored += len(ids)
+            if len(pending) >= 20:
+                RetriggerChunk.objects.bulk_create(pending)
+                pending = []
+        RetriggerChunk.objects.bulk_create(pending)
+        accounts = Account.objects.filter(pk__in=selection.values("account_id"))
+        run.accounts.set(accounts.values_list("pk", flat=True))
+        # The stored chunk sizes are the truth if rows changed between count and stream.
+        run.selected = stored
+    except KeyboardInterrupt:
+        _cancel_interrupted(run)  # no run is left queued without its chunks
+        raise
     run.planned = True
     run.save(update_fields=["selected", "planned"])
     return run
@@ -286,8 +293,11 @@ def run_work(
         results = executor.execute(_claimed_batches(run, worker, executor))
     except KeyboardInterrupt:
         # An operator's Ctrl-C on a foreground run means stop, not "let a worker finish
-        # it later": the run is cancelled like through the API.
+        # it later": the run is cancelled like through the API, after what was answered
+        # is recorded and the claims of what was not fired are dropped.
+        _discard_interrupted_connection()
         RetriggerRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+        executor.record_after_interrupt()
         executor.release_claims()
         _run_finish(run, RetriggerRun.Status.CANCELLED)
         raise
@@ -307,6 +317,20 @@ def run_work(
     elif not run.chunks.exclude(status=RetriggerChunk.Status.DONE).exists():
         _run_finish(run, RetriggerRun.Status.COMPLETED)
     return results
+
+
+def _cancel_interrupted(run: RetriggerRun) -> None:
+    """Ctrl-C anywhere between creating a run and its end leaves it cancelled."""
+    _discard_interrupted_connection()
+    RetriggerRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+    _run_finish(run, RetriggerRun.Status.CANCELLED)
+
+
+def _discard_interrupted_connection() -> None:
+    """Ctrl-C can land while a query is on the wire, leaving the connection mid-command
+    ("another command is already in progress"): start the clean-up on a fresh one."""
+    if not connection.in_atomic_block:
+        connection.close()
 
 
 def _run_start(run: RetriggerRun) -> bool:

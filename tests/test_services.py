@@ -408,3 +408,20 @@ def test_a_chunk_read_in_slices_is_done_only_after_its_last_slice(
     assert {c.pk for c in conversions} == set(
         RunItem.objects.filter(run=run).values_list("conversion_id", flat=True)
     )
+
+
+def test_ctrl_c_while_planning_leaves_the_run_cancelled_not_queued(world, monkeypatch):
+    from conversions import services
+
+    f.make_conversion(world["affiliate"])
+
+    def interrupted(selection):
+        raise KeyboardInterrupt
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(services, "_id_batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        retrigger(background=False)
+
+    run = RetriggerRun.objects.get()
+    assert run.status == RetriggerRun.Status.CANCELLED and run.cancel_requested

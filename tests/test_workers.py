@@ -220,7 +220,9 @@ class Processes:
         env.update(extra)
         return env
 
-    def start(self, *args: str, **env: str) -> subprocess.Popen:
+    def start(self, *args: str, group: bool = False, **env: str) -> subprocess.Popen:
+        """`group`: in a process group of its own, as a terminal runs a command, so a
+        signal to the group reaches the workers it forks too (Ctrl-C)."""
         log = self.tmp_path / f"proc-{len(self.started)}-{args[0]}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -230,6 +232,11 @@ class Processes:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                process_group=0 if group else None,
+                # A shell's background job ignores SIGINT; a terminal's command does not.
+                preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                if group
+                else None,
             )
         self.started.append((proc, log))
         return proc
@@ -711,3 +718,35 @@ def test_a_failing_command_leaves_no_worker_process_behind(
     run = RetriggerRun.objects.get()
     assert run.cancel_requested
     assert not [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_ctrl_c_records_every_answered_postback_and_leaves_no_claim(
+    settings, receiver_factory, processes
+):
+    # given a foreground run in two processes against a slow receiver
+    settings.RETRIGGER_CHUNK_SIZE = 50
+    receiver = receiver_factory(delay=0.1)
+    account, _, _ = make_world(receiver, conversions=600)
+    command = processes.start(
+        "retrigger_conversions", "--account-id", str(account.pk), "--processes", "2",
+        group=True, POSTBACK_HOST_CONCURRENCY="8",
+    )  # fmt: skip
+    wait_for(lambda: len(receiver.counts()) >= 40, what="postbacks to arrive", procs=processes)
+
+    # when the operator presses Ctrl-C (SIGINT to the whole process group)
+    os.killpg(command.pid, signal.SIGINT)
+    assert command.wait(timeout=60) == 130, processes.log(command)
+    received_at_exit = receiver.counts()
+    time.sleep(0.5)
+
+    # then nothing is sent after the command ended, and everything answered is recorded
+    assert receiver.counts() == received_at_exit
+    assert "Interrupted: the run was cancelled." in processes.log(command)
+    assert "Traceback" not in processes.log(command)
+    run = RetriggerRun.objects.get()
+    assert run.status == "cancelled"
+    stored = DeliveryAttempt.objects.filter(run=run)
+    assert set(map(str, stored.values_list("event_id", flat=True))) == set(received_at_exit)
+    assert run.processed == RunItem.objects.filter(run=run).count() == stored.count()
+    assert run.processed < 600
+    assert not DeliveryClaim.objects.exists()

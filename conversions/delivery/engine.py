@@ -24,6 +24,7 @@ with outcomes on another (`queue.SimpleQueue`, a C-level lock each way, rather t
 """
 
 import asyncio
+import contextlib
 import gc
 import heapq
 import inspect
@@ -238,8 +239,21 @@ class _EventLoopWorkers:
         self.flush()
         try:
             self._call(self._close())
+        except BaseException:
+            # Interrupted while waiting (a second Ctrl-C): abandon what is in flight
+            # quietly instead of leaving pending tasks behind a stopped loop.
+            self.stopping = True
+            with contextlib.suppress(BaseException):
+                asyncio.run_coroutine_threadsafe(self._abandon(), self.loop).result(5)
+            raise
         finally:
             self._shut_loop()
+
+    async def _abandon(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        await self.session.close()
 
     def _shut_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -414,10 +428,32 @@ class DeliveryEngine:
                         on_done(pending.job, pending.attempts)
                     mark_runnable(host)
             on_tick()
-        finally:
-            # In-flight attempts finish (their outcome is dropped only if we got here by an
-            # exception); no worker thread or event loop outlives the run.
+        except BaseException:
+            # Ctrl-C or a failure: nothing more is sent, attempts in flight finish, and
+            # every pair that was fired is reported (recorded by the caller), even now.
+            workers.stopping = True
             workers.stop()
+            self._report_after_abort(workers, ready, delayed, on_done)
+            raise
+        # No worker thread or event loop outlives the run.
+        workers.stop()
+
+    def _report_after_abort(self, workers, ready, delayed, on_done) -> None:
+        try:
+            while True:
+                try:
+                    pending, outcome = workers.done.get_nowait()
+                except queue.Empty:
+                    break
+                if outcome is not None:
+                    pending.attempts.append(
+                        AttemptLog(len(pending.attempts) + 1, outcome, pending.started_at)
+                    )
+                if pending.attempts:
+                    on_done(pending.job, pending.attempts)
+            self._drop_unstarted(ready, delayed, on_done)
+        except Exception:  # the original exception matters more; this is logged
+            logger.exception("reporting the pairs of an aborted run failed")
 
     @staticmethod
     def _drop_unstarted(ready, delayed, on_done) -> int:
