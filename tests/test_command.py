@@ -128,3 +128,36 @@ def test_an_empty_user_is_refused_not_the_command_line(world, httpserver):
 def test_follow_refuses_criteria_it_would_ignore(world):
     with pytest.raises(CommandError, match="--follow"):
         run_command("--follow", "1", "--id", "5")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--processes", "2", "--json"], "drop it or --json"),
+        (["--processes", "2", "--background"], "drop it or --background"),
+        (["--processes", "2", "--dry-run"], "drop it or --dry-run"),
+        (["--background", "--dry-run"], "A dry run is never queued"),
+        (["--processes", "-1"], "--processes must be 0"),
+    ],
+)
+def test_option_combinations_that_cannot_apply_are_refused(httpserver, world, args, says):
+    with pytest.raises(CommandError, match=says):
+        run_command(*args)
+    assert not RetriggerRun.objects.exists() and len(httpserver.log) == 0
+
+
+def test_a_bad_processes_setting_is_named(world, settings):
+    settings.RETRIGGER_COMMAND_PROCESSES = -1
+    with pytest.raises(CommandError, match="RETRIGGER_COMMAND_PROCESSES must be 0"):
+        run_command()
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "8x"])
+def test_a_setting_that_is_not_a_number_is_a_clear_configuration_error(monkeypatch, value):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from project.settings import env_int
+
+    monkeypatch.setenv("POSTBACK_HOST_CONCURRENCY", value)
+    with pytest.raises(ImproperlyConfigured, match="POSTBACK_HOST_CONCURRENCY must be a whole"):
+        env_int("POSTBACK_HOST_CONCURRENCY", 8)

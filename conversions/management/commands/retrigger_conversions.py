@@ -99,6 +99,7 @@ class Command(BaseCommand):
                 raise CommandError(f"--follow shows an existing run; drop {', '.join(extra)}.")
             self._follow(options["follow"], actor, as_json=options["json"])
             return
+        self._check_combinations(options)
         options["processes"] = self._processes(options.get("processes"))
         body = self._body(options)
         try:
@@ -111,6 +112,8 @@ class Command(BaseCommand):
             result = self._retrigger(criteria, actor, options, progress)
         except KeyboardInterrupt as exc:
             # The service has cancelled the run: pairs not yet fired stay unfired.
+            if progress is not None:
+                self.stderr.write("")  # end the progress bar's line
             raise CommandError("Interrupted: the run was cancelled.", returncode=130) from exc
         if progress is not None:
             self.stderr.write("")
@@ -156,9 +159,31 @@ class Command(BaseCommand):
         return actor
 
     @staticmethod
+    def _check_combinations(options: dict[str, Any]) -> None:
+        if options["background"] and options["dry_run"]:
+            raise CommandError("A dry run is never queued; drop --background or --dry-run.")
+        if options.get("processes") is None:
+            return
+        for name in ("background", "dry_run", "json"):
+            if options[name]:
+                why = {
+                    "background": "the task workers share a queued run",
+                    "dry_run": "a dry run fires nothing",
+                    "json": "--json lists every result, which one process keeps",
+                }[name]
+                flag = f"--{name.replace('_', '-')}"
+                raise CommandError(
+                    f"--processes is for foreground runs ({why}); drop it or {flag}."
+                )
+
+    @staticmethod
     def _processes(value: int | None) -> int:
         if value is None:
             value = settings.RETRIGGER_COMMAND_PROCESSES
+            if value < 0:
+                raise CommandError(
+                    "RETRIGGER_COMMAND_PROCESSES must be 0 (one per CPU core) or more."
+                )
         if value < 0:
             raise CommandError("--processes must be 0 (one per CPU core) or more.")
         return value or usable_cpus()
@@ -225,7 +250,16 @@ class Command(BaseCommand):
         while not run.is_final:
             if show is not None:
                 show(RunCounts.from_run(run))
-            time.sleep(1)
+            try:
+                time.sleep(1)
+            except KeyboardInterrupt as exc:
+                if show is not None:
+                    self.stderr.write("")
+                raise CommandError(
+                    f"Stopped following; run {run.pk} goes on "
+                    f"(cancel it through the API or the admin).",
+                    returncode=130,
+                ) from exc
             run.refresh_from_db()
         if show is not None:
             show(RunCounts.from_run(run))
