@@ -88,6 +88,9 @@ def run_work_in_processes(
             RetriggerChunk.objects.filter(run=run, status=RetriggerChunk.Status.RUNNING).update(
                 status=RetriggerChunk.Status.PENDING, heartbeat_at=None
             )
+            # This process is the run's only worker now: the whole cap is its share.
+            RetriggerRun.objects.filter(pk=run.pk).update(workers=1)
+            run.workers = 1
             run_work(run=run, progress=shown)
     except BaseException:
         # Ctrl-C, or this process failed (the run is failed then): the children stop at
