@@ -289,3 +289,19 @@ def test_async_send_stop_lets_in_flight_attempts_finish():
     # then: only the two in flight were sent, and both finished delivered
     assert sum(probe.calls.values()) == 2
     assert sorted(done) == [(0, True), (1, True)]
+
+
+def test_overlapping_runs_restore_the_collector_threshold_once_all_end():
+    import gc
+
+    from conversions.delivery.engine import _fewer_collections
+
+    before = gc.get_threshold()
+    first, second = _fewer_collections(), _fewer_collections()
+    first.__enter__()
+    second.__enter__()
+    assert gc.get_threshold()[0] >= 50_000
+    first.__exit__(None, None, None)  # the first run ends while the second goes on
+    assert gc.get_threshold()[0] >= 50_000
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before
