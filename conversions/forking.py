@@ -28,7 +28,6 @@ import sys
 import time
 from collections.abc import Callable
 
-from django.conf import settings
 from django.db import connection, connections
 
 from conversions.models import RetriggerChunk, RetriggerRun
@@ -46,11 +45,12 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def processes_for(run: RetriggerRun, requested: int) -> int:
-    """How many processes to use: at most one a chunk and one a connection of the cap."""
+def processes_for(requested: int) -> int:
+    """1 where forking is impossible or wrong (no fork; inside a transaction, whose rows
+    the children could not see), else `requested`."""
     if requested <= 1 or not hasattr(os, "fork") or connection.in_atomic_block:
         return 1
-    return max(1, min(requested, run.chunks.count(), max(1, settings.POSTBACK_HOST_CONCURRENCY)))
+    return requested
 
 
 def run_work_in_processes(
@@ -61,11 +61,9 @@ def run_work_in_processes(
 ) -> None:
     """`services.run_work` in `processes` processes (this one included); returns when
     all are done."""
-    from conversions.services import run_work
+    from conversions.services import run_share_workers, run_work
 
-    processes = processes_for(run, processes)
-    RetriggerRun.objects.filter(pk=run.pk).update(workers=processes)
-    run.workers = processes
+    processes = run_share_workers(run, processes_for(processes))
     if processes == 1:
         run_work(run=run, progress=progress)
         return

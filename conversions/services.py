@@ -257,6 +257,15 @@ CLAIM_CANDIDATES = 5
 PLANNING_ABANDONED_AFTER = 3600
 
 
+def run_share_workers(run: RetriggerRun, wanted: int) -> int:
+    """Record how many workers share `run`: `wanted`, but at most one a chunk and one a
+    connection of the per-host cap (each keeps to `cap // workers`, never below one)."""
+    workers = max(1, min(wanted, run.chunks.count(), max(1, settings.POSTBACK_HOST_CONCURRENCY)))
+    RetriggerRun.objects.filter(pk=run.pk).update(workers=workers)
+    run.workers = workers
+    return workers
+
+
 def worker_name() -> str:
     # Unique per call: two workers in one process must not mistake each other's chunks.
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

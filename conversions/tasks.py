@@ -52,18 +52,10 @@ def enqueue_run_workers(run: RetriggerRun) -> None:
     Enqueued once the surrounding transaction (if any) commits: a worker on another
     backend than the database (RQ) could otherwise start before the run's rows exist.
     """
-    count = max(
-        1,
-        min(
-            settings.RETRIGGER_WORKERS_PER_RUN,
-            run.chunks.count(),
-            # Each worker gets a share of the per-host cap, and no share is below one.
-            settings.POSTBACK_HOST_CONCURRENCY,
-        ),
-    )
+    from conversions.services import run_share_workers
+
+    count = run_share_workers(run, settings.RETRIGGER_WORKERS_PER_RUN)
     run_id = run.pk
-    RetriggerRun.objects.filter(pk=run_id).update(workers=count)
-    run.workers = count
 
     def enqueue() -> None:
         for _ in range(count):
