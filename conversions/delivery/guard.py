@@ -87,9 +87,17 @@ class HostNotFound(OSError):
 def allowed_networks() -> tuple[IPNetwork, ...]:
     """`settings.POSTBACK_ALLOWED_NETWORKS`, parsed."""
     configured = settings.POSTBACK_ALLOWED_NETWORKS or ()
-    if not isinstance(configured, str):
-        configured = tuple(configured)  # hashable, for the cache below
-    return _parse_networks(configured)
+    items = configured.split(",") if isinstance(configured, str) else configured
+    networks = []
+    for cidr in (str(item).strip() for item in items):
+        if not cidr:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            # Fail closed: an entry we cannot read opens nothing.
+            logger.warning("Ignoring malformed POSTBACK_ALLOWED_NETWORKS entry %r", cidr)
+    return tuple(networks)
 
 
 @receiver(setting_changed)
@@ -101,20 +109,6 @@ def _allow_list_changed(*, setting: str, **kwargs: Any) -> None:
 
 # The verdict on each address under the allow-list in force (see `allowed_networks`).
 _verdicts: dict[IPAddress, bool] = {}
-
-
-@functools.lru_cache(maxsize=32)  # asked before every request: parse each setting once
-def _parse_networks(configured: str | tuple[Any, ...]) -> tuple[IPNetwork, ...]:
-    items = configured.split(",") if isinstance(configured, str) else configured
-    cidrs = [str(item).strip() for item in items if str(item).strip()]
-    networks = []
-    for cidr in cidrs:
-        try:
-            networks.append(ipaddress.ip_network(cidr, strict=False))
-        except ValueError:
-            # Fail closed: an entry we cannot read opens nothing.
-            logger.warning("Ignoring malformed POSTBACK_ALLOWED_NETWORKS entry %r", cidr)
-    return tuple(networks)
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
