@@ -305,3 +305,36 @@ def test_overlapping_runs_restore_the_collector_threshold_once_all_end():
     assert gc.get_threshold()[0] >= 50_000
     second.__exit__(None, None, None)
     assert gc.get_threshold() == before
+
+
+def test_a_second_interrupt_still_reports_the_attempts_it_abandons():
+    # given two slow attempts in flight when Ctrl-C lands in the scheduler thread
+    import signal
+
+    probe = AsyncConcurrencyProbe(delay=2.0)
+    done = {}
+    ticks = []
+
+    def first_ctrl_c() -> None:
+        ticks.append(1)
+        if len(ticks) == 2:
+            # and a second Ctrl-C while the stop waits for those two attempts
+            threading.Timer(
+                0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)
+            ).start()
+            raise KeyboardInterrupt
+
+    # when
+    with pytest.raises(KeyboardInterrupt):
+        DeliveryEngine(config(host_concurrency=2), send=probe.__call__, tick=0.05).run(
+            [Job(n, prepared("h", n)) for n in range(6)],
+            on_done=lambda job, a: done.__setitem__(job.key, a),
+            on_tick=first_ctrl_c,
+        )
+
+    # then: both requests that went out are reported, as attempts without an answer
+    assert sum(probe.calls.values()) == 2
+    assert sorted(done) == [0, 1]
+    for attempts in done.values():
+        assert [a.outcome.error for a in attempts] == ["connection_error"]
+        assert attempts[0].outcome.error_detail.startswith("abandoned")

@@ -225,6 +225,11 @@ class _EventLoopWorkers:
             pending.started_at = timezone.now()
             try:
                 outcome = await self.send(pending.job.prepared, session=self.session)
+            except asyncio.CancelledError:
+                # Abandoned by a second Ctrl-C: the request may have reached the host,
+                # so it is reported (and stored) as an attempt without an answer.
+                self.done.put((pending, _abandoned(pending.started_at)))
+                raise
             except Exception as exc:  # send_attempt_async never raises; this guards a bug
                 logger.exception("postback transport raised")
                 outcome = _internal_error(exc)
@@ -432,8 +437,12 @@ class DeliveryEngine:
             # Ctrl-C or a failure: nothing more is sent, attempts in flight finish, and
             # every pair that was fired is reported (recorded by the caller), even now.
             workers.stopping = True
-            workers.stop()
-            self._report_after_abort(workers, ready, delayed, on_done)
+            try:
+                workers.stop()
+            finally:
+                # Even when the stop itself was interrupted (a second Ctrl-C abandons
+                # what is in flight): what was fired is reported.
+                self._report_after_abort(workers, ready, delayed, on_done)
             raise
         # No worker thread or event loop outlives the run.
         workers.stop()
@@ -524,6 +533,18 @@ def _is_async(send: Callable[..., Any]) -> bool:
         return True
     call = type(send).__dict__.get("__call__")
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _abandoned(started_at) -> AttemptOutcome:
+    elapsed = (timezone.now() - started_at).total_seconds() if started_at else 0.0
+    return AttemptOutcome(
+        status_code=None,
+        error="connection_error",
+        error_detail="abandoned: the run was interrupted before the answer came",
+        duration_ms=int(elapsed * 1000),
+        response_excerpt="",
+        retry_after=None,
+    )
 
 
 def _internal_error(exc: Exception) -> AttemptOutcome:
