@@ -329,10 +329,17 @@ def run_work(
 
 
 def _cancel_interrupted(run: RetriggerRun) -> None:
-    """Ctrl-C anywhere between creating a run and its end leaves it cancelled."""
+    """Ctrl-C anywhere between creating a run and its end leaves it cancelled.
+
+    Every worker of this run (this process and the ones it forked) has stopped by now,
+    so none of its claims guards a pair in flight. An interrupt that lands between a
+    claim's statement and the worker's note of it leaves claims no worker knows of:
+    they go here, or later runs would skip those pairs as `in_progress`.
+    """
     _discard_interrupted_connection()
     RetriggerRun.objects.filter(pk=run.pk).update(cancel_requested=True)
     _run_finish(run, RetriggerRun.Status.CANCELLED)
+    DeliveryClaim.objects.filter(run=run).delete()
 
 
 def _discard_interrupted_connection() -> None:

@@ -425,3 +425,30 @@ def test_ctrl_c_while_planning_leaves_the_run_cancelled_not_queued(world, monkey
 
     run = RetriggerRun.objects.get()
     assert run.status == RetriggerRun.Status.CANCELLED and run.cancel_requested
+
+
+def test_ctrl_c_right_after_claiming_leaves_no_claim_behind(httpserver, world, monkeypatch):
+    # given a Ctrl-C that lands just after the claims are written, before the worker
+    # has taken note of them
+    from conversions import execution
+
+    httpserver.expect_request("/pb").respond_with_data("ok")
+    for _ in range(3):
+        f.make_conversion(world["affiliate"])
+    real_insert_claims = execution.insert_claims
+
+    def insert_then_interrupt(*args, **kwargs):
+        real_insert_claims(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(execution, "insert_claims", insert_then_interrupt)
+
+    # when
+    with pytest.raises(KeyboardInterrupt):
+        retrigger()
+
+    # then the run is cancelled, nothing was sent and no claim blocks a later run
+    run = RetriggerRun.objects.get()
+    assert run.status == "cancelled"
+    assert not DeliveryClaim.objects.exists()
+    assert len(httpserver.log) == 0
