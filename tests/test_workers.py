@@ -21,6 +21,7 @@ from io import StringIO
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+import psutil
 import pytest
 from django.db import connection
 from django.test import Client
@@ -691,7 +692,6 @@ def test_a_failing_command_leaves_no_worker_process_behind(
     settings, receiver_factory, monkeypatch, allow_loopback
 ):
     # given the command's own share of the work fails (the forked worker's does not)
-    import psutil
     from django.core.management import call_command
 
     from conversions import services
@@ -721,29 +721,46 @@ def test_a_failing_command_leaves_no_worker_process_behind(
     assert not [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
 
 
-def test_ctrl_c_records_every_answered_postback_and_leaves_no_claim(
-    settings, receiver_factory, processes
+STOPS = {
+    # Ctrl-C in the terminal, a closed terminal or SSH session (both to the whole
+    # process group), and `kill`, `timeout` or a service manager (the command alone).
+    "ctrl-c": (signal.SIGINT, True, "Interrupted: the run was cancelled."),
+    "hang-up": (signal.SIGHUP, True, "Interrupted by SIGHUP: the run was cancelled."),
+    "terminate": (signal.SIGTERM, False, "Interrupted by SIGTERM: the run was cancelled."),
+}
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_a_stopped_command_records_every_answered_postback_and_leaves_no_claim(
+    settings, receiver_factory, processes, stop
 ):
-    # given a foreground run in two processes against a slow receiver
-    settings.RETRIGGER_CHUNK_SIZE = 50
+    # given a foreground run in two processes (12 chunks) against a slow receiver
     receiver = receiver_factory(delay=0.1)
     account, _, _ = make_world(receiver, conversions=600)
     command = processes.start(
         "retrigger_conversions", "--account-id", str(account.pk), "--processes", "2",
-        group=True, POSTBACK_HOST_CONCURRENCY="8",
+        group=True, POSTBACK_HOST_CONCURRENCY="8", RETRIGGER_CHUNK_SIZE="50",
     )  # fmt: skip
     wait_for(lambda: len(receiver.counts()) >= 40, what="postbacks to arrive", procs=processes)
 
-    # when the operator presses Ctrl-C (SIGINT to the whole process group)
-    os.killpg(command.pid, signal.SIGINT)
-    assert command.wait(timeout=60) == 130, processes.log(command)
+    workers = psutil.Process(command.pid).children()
+    assert workers, "the command forked no worker process"
+
+    # when the command is stopped by a signal
+    signum, to_group, message = STOPS[stop]
+    if to_group:
+        os.killpg(command.pid, signum)
+    else:
+        command.send_signal(signum)
+    assert command.wait(timeout=60) == 128 + signum, processes.log(command)
     received_at_exit = receiver.counts()
     time.sleep(0.5)
 
     # then nothing is sent after the command ended, and everything answered is recorded
     assert receiver.counts() == received_at_exit
-    assert "Interrupted: the run was cancelled." in processes.log(command)
+    assert message in processes.log(command)
     assert "Traceback" not in processes.log(command)
+    assert not [worker for worker in workers if worker.is_running()]
     run = RetriggerRun.objects.get()
     assert run.status == "cancelled"
     stored = DeliveryAttempt.objects.filter(run=run)

@@ -1,8 +1,12 @@
 """Re-trigger postbacks from a terminal: the same service, rules and limits as the API."""
 
 import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
@@ -109,12 +113,17 @@ class Command(BaseCommand):
 
         progress = self._progress_bar() if sys.stderr.isatty() and not options["json"] else None
         try:
-            result = self._retrigger(criteria, actor, options, progress)
+            with _stop_signals_interrupt() as received:
+                result = self._retrigger(criteria, actor, options, progress)
         except KeyboardInterrupt as exc:
             # The service has cancelled the run: pairs not yet fired stay unfired.
             if progress is not None:
                 self.stderr.write("")  # end the progress bar's line
-            raise CommandError("Interrupted: the run was cancelled.", returncode=130) from exc
+            signum = received[0] if received else signal.SIGINT
+            by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+            raise CommandError(
+                f"Interrupted{by}: the run was cancelled.", returncode=128 + signum
+            ) from exc
         if progress is not None:
             self.stderr.write("")
         if options["json"]:
@@ -150,6 +159,10 @@ class Command(BaseCommand):
         # shell variable) must not silently grant every account.
         if username is None:
             return COMMAND_LINE_ACTOR
+        try:
+            username.encode("utf-8")
+        except UnicodeEncodeError as exc:  # bytes of another encoding on the command line
+            raise CommandError(f"No user named {username!r}.") from exc
         user = get_user_model().objects.filter(username=username).first()
         if user is None:
             raise CommandError(f"No user named {username!r}.")
@@ -269,6 +282,37 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(document, indent=2))
         else:
             self._summary(run, RunCounts.from_run(run), dry_run=False)
+
+
+# A closed terminal or SSH session (SIGHUP) and `kill`, `timeout` or a service manager
+# (SIGTERM) stop a foreground run the way Ctrl-C does, instead of killing it with its
+# claims held and its forked workers sending on.
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+@contextmanager
+def _stop_signals_interrupt() -> Iterator[list[int]]:
+    """Within the block, the stop signals raise KeyboardInterrupt (the forked worker
+    processes inherit that); yields the list of the signals received."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {}
+    for name in STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            previous[signum] = signal.signal(signum, interrupt)
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _number(text: str) -> Any:
