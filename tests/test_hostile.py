@@ -309,6 +309,29 @@ BAD_RAW = {
     "json-single-quotes": b"{'limit': 1}",
 }
 
+# json accepts an unpaired surrogate escape, but the result is no Unicode text: as a key
+# echoed in the 400 it crashed the renderer (a 500). Refused wherever it sits.
+LONE_SURROGATES = {
+    "key": r'{"\ud800": 1}',
+    "key-tail": r'{"a\udfff": 1}',
+    "key-beside-good": r'{"id": [1], "x\ud800": null}',
+    "list-item": r'{"clickIds": ["\udc00"]}',
+    "value": r'{"sort": "id\ud800"}',
+    "pair-reversed": r'{"sort": "\udc00\ud800"}',
+    "nested": r'{"brandIds": {"a": [{"\udbff": 1}]}}',
+    "body": r'"\ud800"',
+}
+
+# json keeps the last of repeated keys: a later null would silently drop a filter.
+DUPLICATE_KEYS = {
+    "same-value": ('{"id": [1], "id": [1]}', "id"),
+    "other-value": ('{"id": [1], "id": [2]}', "id"),
+    "later-null": ('{"affiliateId": [5], "affiliateId": null}', "affiliateId"),
+    "escaped-spelling": (r'{"limit": 1, "\u006cimit": 2}', "limit"),
+    "nested": ('{"brandIds": {"0": 1, "0": 2}}', "0"),
+    "surrogate-key": (r'{"\ud800": 1, "\ud800": 2}', "\ud800"),
+}
+
 BAD_QUERIES = {
     # flags (case 004)
     "force-empty": ("?force=", "force"),
@@ -321,6 +344,9 @@ BAD_QUERIES = {
     "query-criteria": ("?limit=5", "limit"),
     "query-format": ("?format=xml", "format"),
     "query-case": ("?dryrun=1", "dryrun"),
+    # bytes that are no UTF-8 (a surrogate's encoding) decode to U+FFFD, never a 500
+    "force-surrogate-bytes": ("?force=%ED%A0%80", "force"),
+    "name-surrogate-bytes": ("?%ED%A0%80=1", "\ufffd" * 3),
 }
 
 
@@ -350,6 +376,50 @@ def test_malformed_json_is_400_naming_the_body(client, httpserver, world, raw):
     assert response.status_code == 400
     assert list(response.json()) == ["non_field_errors"]
     assert_no_leak(response)
+    assert_nothing_stored_or_sent(httpserver)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("raw", LONE_SURROGATES.values(), ids=LONE_SURROGATES.keys())
+def test_a_lone_surrogate_escape_is_400_naming_the_body(client, httpserver, world, raw):
+    # when
+    response = call(client, user=world["admin"], raw=raw)
+
+    # then
+    assert response.status_code == 400
+    assert response.json() == {
+        "non_field_errors": [
+            "Malformed JSON: text that is not valid Unicode "
+            "(an unpaired UTF-16 surrogate escape such as \\ud800)."
+        ]
+    }
+    assert_nothing_stored_or_sent(httpserver)
+
+
+@pytest.mark.django_db
+def test_a_surrogate_pair_escape_is_ordinary_text(client, httpserver, world):
+    # when: a valid pair (U+1F600) where a sort column belongs
+    response = call(client, user=world["admin"], raw=r'{"sort": "\ud83d\ude00"}')
+
+    # then: refused as an unknown column, not as broken text
+    assert response.status_code == 400
+    assert list(response.json()) == ["sort"]
+    assert_nothing_stored_or_sent(httpserver)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("raw", "key"), DUPLICATE_KEYS.values(), ids=DUPLICATE_KEYS.keys())
+def test_a_duplicate_key_is_400_naming_it(client, httpserver, world, raw, key):
+    # when
+    response = call(client, user=world["admin"], raw=raw)
+
+    # then
+    assert response.status_code == 400
+    assert response.json() == {
+        "non_field_errors": [
+            f"Malformed JSON: duplicate key {json.dumps(key)}; give each key once."
+        ]
+    }
     assert_nothing_stored_or_sent(httpserver)
 
 

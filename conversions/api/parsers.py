@@ -19,7 +19,8 @@ def is_json_media_type(content_type: str) -> bool:
 
 
 class JSONObjectParser(BaseParser):
-    """Decodes UTF-8 JSON, refusing NaN/Infinity and bodies over the upload limit.
+    """Decodes UTF-8 JSON, refusing NaN/Infinity, duplicate keys, text that is not valid
+    Unicode and bodies over the upload limit.
 
     DRF's own media-type matching has no `+json` suffix wildcard, so the content
     negotiation asks `accepts()` instead of comparing `media_type`.
@@ -40,16 +41,22 @@ class JSONObjectParser(BaseParser):
         if not raw.strip():
             return {}
         try:
-            return json.loads(
-                raw.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int
+            data = json.loads(
+                raw.decode("utf-8"),
+                object_pairs_hook=_unique_keys,
+                parse_constant=_reject_constant,
+                parse_int=_parse_int,
             )
         except UnicodeDecodeError as exc:
             raise ParseError("Malformed JSON: the body is not valid UTF-8.") from exc
         except RecursionError as exc:
             raise ParseError("Malformed JSON: nested too deeply.") from exc
         except ValueError as exc:
-            # json's messages name a position, never a value: safe to show.
+            # json's messages name a position, never a value, and ours quote a key in
+            # ASCII (see `_unique_keys`): safe to show.
             raise ParseError(f"Malformed JSON: {exc}") from exc
+        _reject_lone_surrogates(data)
+        return data
 
 
 # Any integer this long is far outside int64; past Python's own digit limit int() would
@@ -63,6 +70,47 @@ def _parse_int(text: str) -> int:
     if len(digits) > _MAX_INT_DIGITS:
         return -_OUT_OF_RANGE if text.startswith("-") else _OUT_OF_RANGE
     return int(text)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """An object whose keys are all different.
+
+    json keeps the last of repeated keys, so `{"affiliateId": [5], "affiliateId": null}`
+    would quietly drop a filter and widen the selection; which one the client meant is
+    unknowable, so the body is refused. The key is quoted by `json.dumps`, which escapes
+    everything outside ASCII: the message stays printable whatever the key holds.
+    """
+    obj: dict = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {json.dumps(key)}; give each key once.")
+        obj[key] = value
+    return obj
+
+
+def _reject_lone_surrogates(data: object) -> None:
+    """Refuse any key or string, at any depth, that UTF-8 cannot encode.
+
+    A `\\ud800` escape without its pair decodes to a lone surrogate: not Unicode text, so
+    no column, log or answer can hold it (echoing such a key in the 400 would crash the
+    renderer). Walked with a stack, not recursion: json nests deeper than Python recurses.
+    """
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ParseError(
+                    "Malformed JSON: text that is not valid Unicode "
+                    "(an unpaired UTF-16 surrogate escape such as \\ud800)."
+                ) from exc
 
 
 def _reject_constant(name: str):

@@ -272,7 +272,10 @@ RETRIGGER_RESPONSES = {
     ),
     400: OpenApiResponse(
         response=_VALIDATION_SCHEMA,
-        description="Bad criteria, flags, unknown keys or malformed JSON.",
+        description=(
+            "Bad criteria, flags, unknown keys or malformed JSON (including a key given "
+            "twice and text that is not valid Unicode, such as a lone `\\ud800`)."
+        ),
     ),
     **AUTH_RESPONSES,
     403: _detail("Not an account admin, or `accountId` names an account not theirs."),
