@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -73,12 +74,19 @@ def run_work_in_processes(
     sys.stdout.flush()
     sys.stderr.flush()
     children: set[int] = set()
-    for _ in range(processes - 1):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child's coverage is not collected
-            os._exit(_child(run))
-        children.add(pid)
+    # A stop signal during os.fork would raise inside the after-fork hooks (logging
+    # re-initialises its locks there) and leave a lock held: the command hung. The
+    # signals wait until every child is forked; one sent meanwhile then stops this
+    # process, which asks the children to stop (below).
+    blocked = _block_stop_signals()
     try:
+        for _ in range(processes - 1):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child's coverage is not collected
+                _unblock(blocked)
+                os._exit(_child(run))
+            children.add(pid)
+        _unblock(blocked)  # inside the try: a signal waiting now stops the children too
         run_work(run=run, progress=shown)
         if _wait(children, shown) and _unfinished(run):
             # Every process of the run is done: what is still running was a killed
@@ -93,10 +101,27 @@ def run_work_in_processes(
     except BaseException:
         # Ctrl-C, or this process failed (the run is failed then): the children stop at
         # their next flush, and none is left running behind the command.
+        _unblock(blocked)
         RetriggerRun.objects.filter(pk=run.pk).update(cancel_requested=True)
         _wait(children, None)
         raise
     run.refresh_from_db()
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _block_stop_signals() -> set[int]:
+    wanted = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
+    if not hasattr(signal, "pthread_sigmask"):
+        return set()
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    return wanted
+
+
+def _unblock(blocked: set[int]) -> None:
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
 
 
 def _child(run: RetriggerRun) -> int:

@@ -721,6 +721,58 @@ def test_a_failing_command_leaves_no_worker_process_behind(
     assert not [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
 
 
+# Ctrl-C inside os.fork's own after-fork hooks (where logging re-initialises its locks),
+# the moment a black-box try hung the command at: os.fork swallows an exception raised
+# there. Registered once for the session; it acts only while a test arms it.
+FORK_SIGNAL = {"send": False}
+
+
+def _signal_in_after_fork_hooks() -> None:
+    if FORK_SIGNAL["send"]:
+        FORK_SIGNAL["send"] = False
+        signal.raise_signal(signal.SIGINT)
+
+
+os.register_at_fork(after_in_parent=_signal_in_after_fork_hooks)
+
+
+def test_a_ctrl_c_while_forking_cancels_the_run_and_stops_every_worker(
+    settings, receiver_factory, monkeypatch, allow_loopback
+):
+    # given a Ctrl-C that arrives while the command forks its second worker
+    from django.core.management import CommandError, call_command
+
+    from conversions import forking
+
+    settings.RETRIGGER_CHUNK_SIZE = 10
+    receiver = receiver_factory(delay=0.05)
+    account, _, _ = make_world(receiver, conversions=60)
+    parent, real_fork, forks = os.getpid(), os.fork, []
+
+    def fork():
+        forks.append(1)
+        FORK_SIGNAL["send"] = len(forks) == 2 and os.getpid() == parent
+        return real_fork()
+
+    monkeypatch.setattr(forking.os, "fork", fork)
+
+    # when
+    with pytest.raises(CommandError) as stopped:
+        call_command(
+            "retrigger_conversions", "--account-id", str(account.pk), "--processes", "3",
+            stdout=StringIO(), stderr=StringIO(),
+        )  # fmt: skip
+
+    # then both workers were forked, the run is cancelled with no claim left, and no
+    # worker process outlives the command
+    assert stopped.value.returncode == 130
+    assert len(forks) == 2
+    run = RetriggerRun.objects.get()
+    assert run.status == "cancelled"
+    assert not DeliveryClaim.objects.exists()
+    assert not [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
+
+
 STOPS = {
     # Ctrl-C in the terminal, a closed terminal or SSH session (both to the whole
     # process group), and `kill`, `timeout` or a service manager (the command alone).
