@@ -108,6 +108,7 @@ def run_work_in_processes(
     run.refresh_from_db()
 
 
+# Ctrl-C, `kill`/`timeout`/a service manager, a closed terminal: each stops a run.
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 

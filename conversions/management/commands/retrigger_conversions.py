@@ -16,7 +16,7 @@ from rest_framework.exceptions import ValidationError
 
 from conversions.access import COMMAND_LINE_ACTOR, AccountForbidden, actor_for_user
 from conversions.criteria import parse_criteria
-from conversions.forking import usable_cpus
+from conversions.forking import STOP_SIGNALS, usable_cpus
 from conversions.models import RetriggerRun
 from conversions.results import RunCounts, run_document
 from conversions.services import conversions_retrigger
@@ -284,16 +284,15 @@ class Command(BaseCommand):
             self._summary(run, RunCounts.from_run(run), dry_run=False)
 
 
-# A closed terminal or SSH session (SIGHUP) and `kill`, `timeout` or a service manager
-# (SIGTERM) stop a foreground run the way Ctrl-C does, instead of killing it with its
-# claims held and its forked workers sending on.
-STOP_SIGNALS = ("SIGTERM", "SIGHUP")
-
-
 @contextmanager
 def _stop_signals_interrupt() -> Iterator[list[int]]:
-    """Within the block, the stop signals raise KeyboardInterrupt (the forked worker
-    processes inherit that); yields the list of the signals received."""
+    """Within the block, the stop signals raise KeyboardInterrupt like Ctrl-C (the forked
+    worker processes inherit that); yields the list of the signals received.
+
+    A closed terminal or SSH session (SIGHUP) and `kill`, `timeout` or a service manager
+    (SIGTERM) then stop a foreground run the way Ctrl-C does, instead of killing it with
+    its claims held and its forked workers sending on.
+    """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received  # signal handlers can only be set from the main thread
@@ -306,7 +305,7 @@ def _stop_signals_interrupt() -> Iterator[list[int]]:
     previous = {}
     for name in STOP_SIGNALS:
         signum = getattr(signal, name, None)
-        if signum is not None:
+        if signum is not None and signum != signal.SIGINT:  # Python's own raises already
             previous[signum] = signal.signal(signum, interrupt)
     try:
         yield received
