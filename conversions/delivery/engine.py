@@ -537,22 +537,22 @@ def _is_async(send: Callable[..., Any]) -> bool:
 
 def _abandoned(started_at) -> AttemptOutcome:
     elapsed = (timezone.now() - started_at).total_seconds() if started_at else 0.0
-    return AttemptOutcome(
-        status_code=None,
-        error="connection_error",
-        error_detail="abandoned: the run was interrupted before the answer came",
-        duration_ms=int(elapsed * 1000),
-        response_excerpt="",
-        retry_after=None,
+    return _no_answer(
+        "abandoned: the run was interrupted before the answer came", int(elapsed * 1000)
     )
 
 
 def _internal_error(exc: Exception) -> AttemptOutcome:
+    return _no_answer(f"internal error: {type(exc).__name__}", 0)
+
+
+def _no_answer(detail: str, duration_ms: int) -> AttemptOutcome:
+    """An attempt that ended without an answer from the host, for a reason of ours."""
     return AttemptOutcome(
         status_code=None,
         error="connection_error",
-        error_detail=f"internal error: {type(exc).__name__}",
-        duration_ms=0,
+        error_detail=detail,
+        duration_ms=duration_ms,
         response_excerpt="",
         retry_after=None,
     )
